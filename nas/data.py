@@ -1,0 +1,178 @@
+"""MNIST-format data: IDX files read once into memory as tensors, split, batched by slicing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nas.errors import UserError
+
+BUNDLED_MNIST = Path(__file__).parent / "datasets" / "mnist"
+
+IMAGES_MAGIC = 0x00000803  # big-endian: uint8 data, 3 dimensions
+LABELS_MAGIC = 0x00000801  # big-endian: uint8 data, 1 dimension
+FILE_STEMS = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as float tensors in [0, 1], shape N x 1 x 28 x 28, and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/validation split of the training file, the test file if asked for, and normalisation."""
+
+    train: Split
+    val: Split
+    test: Split | None  # None during a search: it never sees the test set
+    mean: float  # of the training file's pixels in [0, 1]
+    std: float
+    source: str  # the directory it came from, recorded in results
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(
+        f"{directory}: no {stem} or {stem}.gz; pass --data-dir pointing at a directory "
+        "that holds the four MNIST-format IDX files"
+    )
+
+
+def _verify_checksum(path: Path, data: bytes) -> None:
+    """Check `data` against a SHA256SUMS (or .raw, for uncompressed bytes) beside the file."""
+    for sums_name, payload in (("SHA256SUMS", path.read_bytes()), ("SHA256SUMS.raw", data)):
+        sums = path.parent / sums_name
+        if not sums.is_file():
+            continue
+        expected = {}
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.strip().partition("  ")
+            expected[name] = digest
+        key = path.name if sums_name == "SHA256SUMS" else path.name.removesuffix(".gz")
+        if key in expected and hashlib.sha256(payload).hexdigest() != expected[key]:
+            raise UserError(
+                f"{path}: checksum does not match {sums}; the file is corrupt, "
+                "replace it with an intact copy"
+            )
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read one IDX file (raw or gzipped) into a uint8 tensor, validating its header and size."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise UserError(f"{path}: cannot be read ({error}); replace it with an intact copy") from None
+    _verify_checksum(path, data)
+    if len(data) < 4:
+        raise UserError(f"{path}: too short for an IDX header; replace it with an intact copy")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
+        raise UserError(f"{path}: not an IDX uint8 file (magic {magic:#010x}); check the file")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + math.prod(shape):
+        raise UserError(
+            f"{path}: header promises {shape} but holds {len(data) - header} bytes of data; "
+            "the file is truncated or corrupt, replace it"
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _read_pair(directory: Path, images_key: str, labels_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx(_find(directory, FILE_STEMS[images_key]))
+    labels = read_idx(_find(directory, FILE_STEMS[labels_key]))
+    if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise UserError(
+            f"{directory}: {images_key} have shape {tuple(images.shape)}, expected N x 28 x 28; "
+            "pass an MNIST-format dataset"
+        )
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise UserError(
+            f"{directory}: {len(labels)} labels for {len(images)} images; the files do not belong together"
+        )
+    if int(labels.max()) >= NUM_CLASSES:
+        raise UserError(f"{directory}: labels outside 0-9; pass an MNIST-format dataset")
+    return images, labels.long()
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val): every class keeps its share in validation; the same seed, the same split."""
+    generator = torch.Generator().manual_seed(seed)
+    fraction = val_size / len(labels)
+    train_parts, val_parts = [], []
+    for cls in range(NUM_CLASSES):
+        members = torch.nonzero(labels == cls).squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val = round(len(members) * fraction)
+        val_parts.append(members[:n_val])
+        train_parts.append(members[n_val:])
+    train, val = torch.cat(train_parts), torch.cat(val_parts)
+    # Rounding per class can miss the requested size by a few; move the difference.
+    shortfall = val_size - len(val)
+    if shortfall > 0:
+        val, train = torch.cat([val, train[:shortfall]]), train[shortfall:]
+    elif shortfall < 0:
+        train, val = torch.cat([train, val[:-shortfall]]), val[-shortfall:]
+    return train.sort().values, val.sort().values
+
+
+def load_dataset(
+    data_dir: Path | None = None, val_size: int = 10_000, seed: int = 0, include_test: bool = True
+) -> Dataset:
+    """Load an MNIST-format directory (the bundled copy by default) and split off validation."""
+    directory = Path(data_dir) if data_dir is not None else BUNDLED_MNIST
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory; pass --data-dir with the four IDX files")
+    train_images, train_labels = _read_pair(directory, "train_images", "train_labels")
+    if not 0 < val_size < len(train_labels):
+        raise UserError(f"validation size {val_size} must lie between 0 and {len(train_labels)}; change --val-size")
+    train_idx, val_idx = stratified_split(train_labels, val_size, seed)
+
+    def as_split(images: torch.Tensor, labels: torch.Tensor) -> Split:
+        return Split(images.unsqueeze(1).float().div_(255), labels)
+
+    pixels = train_images.float().div_(255)
+    return Dataset(
+        train=as_split(train_images[train_idx], train_labels[train_idx]),
+        val=as_split(train_images[val_idx], train_labels[val_idx]),
+        test=as_split(*_read_pair(directory, "test_images", "test_labels")) if include_test else None,
+        mean=pixels.mean().item(),
+        std=pixels.std().item(),
+        source=str(directory.resolve()),
+    )
+
+
+def augment(images: torch.Tensor, max_degrees: float, max_shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation and translation of a whole batch in one affine resample."""
+    n = len(images)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    # affine_grid works in [-1, 1] coordinates: one pixel is 2/28 of that range.
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2 / images.shape[-1]
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,45 @@
+"""Result files: written atomically, and stamped with what produced them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from nas.errors import UserError
+
+
+def write_bytes(path: Path, payload: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            tmp.write(payload)
+        os.replace(tmp.name, path)
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}); choose a writable --out") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write text."""
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Atomically write indented JSON."""
+    write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape a result."""
+    found = {"python": platform.python_version()}
+    for package in ("nas", "torch", "torchvision", "optuna", "fvcore"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found

@@ -1,0 +1,211 @@
+"""Search-space files: TOML read with tomllib into a validated, frozen dataclass.
+
+Every problem is a UserError that names the file and the key. The space knows its smallest
+architecture, so a budget no candidate can meet is reported before a single trial runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.errors import UserError
+from nas.genome import HEADS, INPUT_SIZE, Genome, Stage, param_count
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
+MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
+
+Range = tuple[float, float]  # [min, max], both inclusive
+IntRange = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ArchitectureSpace:
+    stages: tuple[int, ...]  # choices: number of resolution stages (28, 14, 7, ... px)
+    blocks_per_stage: IntRange  # 3x3 conv blocks in each stage
+    widths: tuple[int, ...]  # choices: output channels of each block
+    transitions: tuple[int, ...]  # choices: 1x1 conv width after each pool; 0 = none
+    dropout: Range  # one rate for the whole network, sampled uniformly
+    heads: tuple[str, ...]  # choices among nas.genome.HEADS
+
+
+@dataclass(frozen=True)
+class TrainingSpace:
+    max_lr: Range  # one-cycle peak learning rate, sampled log-uniformly
+    batch_size: int  # images per step
+    weight_decay: float  # L2 on all weights
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    epochs: int  # training epochs per search trial
+    reports_per_epoch: int  # validation reports per epoch; each is a point where the pruner may stop a trial
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    max_params: int  # trainable parameters; larger candidates are pruned before training
+    architecture: ArchitectureSpace
+    training: TrainingSpace
+    trial: TrialBudget
+    path: str = ""  # where it was read from
+    sha256: str = ""  # of the file's bytes: a study records it and refuses a different space
+
+    def smallest_genome(self) -> Genome:
+        """The architecture with the fewest parameters this space can produce."""
+        arch = self.architecture
+        width, blocks = min(arch.widths), arch.blocks_per_stage[0]
+        # Every stage then starts from `width` channels, so one transition choice is best for all.
+        candidates = (
+            Genome(
+                stages=tuple(Stage((width,) * blocks, transition if i else 0) for i in range(n)),
+                dropout=arch.dropout[0],
+                head=head,
+            )
+            for n in arch.stages
+            for head in arch.heads
+            for transition in arch.transitions
+        )
+        return min(candidates, key=param_count)
+
+    def with_overrides(self, max_params: int | None = None, trial_epochs: int | None = None) -> SearchSpace:
+        """The same space with command-line overrides of the budget and the trial length."""
+        space = self
+        if max_params is not None:
+            space = dataclasses.replace(space, max_params=max_params)
+        if trial_epochs is not None:
+            space = dataclasses.replace(space, trial=dataclasses.replace(space.trial, epochs=trial_epochs))
+        return space
+
+
+# The file's layout: [budget] max_params, then one table per section dataclass.
+SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
+
+
+def _type_name(kind: Any) -> str:
+    if kind is Range:
+        return "[min, max] numbers"
+    if kind is IntRange:
+        return "[min, max] integers"
+    if typing.get_origin(kind) is tuple:
+        return f"a non-empty list of {typing.get_args(kind)[0].__name__}s"
+    return "an integer" if kind is int else "a number"
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check one TOML value against a field's annotation; return it in the dataclass's form."""
+    def is_a(v: Any, scalar: type) -> bool:
+        if isinstance(v, bool):
+            return False
+        return isinstance(v, int | float) if scalar is float else isinstance(v, scalar)
+
+    args = typing.get_args(kind)
+    if kind in (Range, IntRange):
+        scalar = args[0]
+        if not (isinstance(value, list) and len(value) == 2 and all(is_a(v, scalar) for v in value)):
+            raise UserError(f"{where} must be {_type_name(kind)}")
+        if value[0] > value[1]:
+            raise UserError(f"{where}: min {value[0]} is greater than max {value[1]}; swap them")
+        return (scalar(value[0]), scalar(value[1]))
+    if typing.get_origin(kind) is tuple:
+        scalar = args[0]
+        if not isinstance(value, list) or not all(is_a(v, scalar) for v in value):
+            raise UserError(f"{where} must be {_type_name(kind)}")
+        if not value:
+            raise UserError(f"{where} is an empty list; give at least one choice")
+        return tuple(dict.fromkeys(value))  # duplicates would only skew the sampler
+    if not is_a(value, kind):
+        raise UserError(f"{where} must be {_type_name(kind)}")
+    return kind(value)
+
+
+def _section(table: Any, cls: type, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise UserError(f"{where} must be a table")
+    fields = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(fields)}")
+    missing = [name for name in fields if name not in table]
+    if missing:
+        raise UserError(f"{where}: missing key {missing[0]!r}")
+    return cls(**{name: _coerce(table[name], kind, f"{where}.{name}") for name, kind in fields.items()})
+
+
+def _check_values(space: SearchSpace, where: str) -> None:
+    """Constraints that types alone do not express."""
+    arch, training, trial = space.architecture, space.training, space.trial
+    checks = [
+        (space.max_params > 0, "budget.max_params must be positive"),
+        (all(1 <= n <= MAX_STAGES for n in arch.stages), f"architecture.stages must lie in 1..{MAX_STAGES} ({INPUT_SIZE} px input)"),
+        (arch.blocks_per_stage[0] >= 1, "architecture.blocks_per_stage must start at 1 or more"),
+        (all(w > 0 for w in arch.widths), "architecture.widths must be positive"),
+        (all(t >= 0 for t in arch.transitions), "architecture.transitions must be 0 (none) or positive"),
+        (0 <= arch.dropout[0] and arch.dropout[1] < 1, "architecture.dropout must lie in [0, 1)"),
+        (set(arch.heads) <= set(HEADS), f"architecture.heads must be among {', '.join(HEADS)}"),
+        (training.max_lr[0] > 0, "training.max_lr must be positive (it is sampled log-uniformly)"),
+        (training.batch_size >= 1, "training.batch_size must be at least 1"),
+        (training.weight_decay >= 0, "training.weight_decay must not be negative"),
+        (trial.epochs >= 1, "trial.epochs must be at least 1"),
+        (trial.reports_per_epoch >= 1, "trial.reports_per_epoch must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{where}: {message}")
+
+
+def parse_space(text: str, where: str) -> SearchSpace:
+    """Parse and validate a search space from TOML text; `where` names it in errors."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{where}: not valid TOML ({error}); fix the syntax") from None
+    expected = {"budget", *SECTIONS}
+    unknown = sorted(set(document) - expected)
+    if unknown:
+        raise UserError(f"{where}: unknown table [{unknown[0]}]; known tables are {', '.join(sorted(expected))}")
+    missing = sorted(expected - set(document))
+    if missing:
+        raise UserError(f"{where}: missing table [{missing[0]}]")
+    budget = document["budget"]
+    if not isinstance(budget, dict) or set(budget) != {"max_params"}:
+        raise UserError(f"{where}: [budget] must hold exactly one key, max_params")
+    space = SearchSpace(
+        max_params=_coerce(budget["max_params"], int, f"{where}: budget.max_params"),
+        path=where,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        **{name: _section(document[name], cls, f"{where}: {name}") for name, cls in SECTIONS.items()},
+    )
+    _check_values(space, where)
+    return space
+
+
+def load_space(
+    path: Path | str = DEFAULT_SPACE, max_params: int | None = None, trial_epochs: int | None = None
+) -> SearchSpace:
+    """Read a search-space file, apply command-line overrides, and check the budget is reachable."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the search space ({error.strerror}); check --space") from None
+    space = parse_space(text, str(path)).with_overrides(max_params, trial_epochs)
+    check_budget_reachable(space)
+    return space
+
+
+def check_budget_reachable(space: SearchSpace) -> None:
+    """Refuse a budget below the smallest architecture: every trial would be pruned."""
+    smallest = space.smallest_genome()
+    if param_count(smallest) > space.max_params:
+        raise UserError(
+            f"{space.path}: the smallest architecture the space allows ({smallest.describe()}) has "
+            f"{param_count(smallest):,} parameters, over the budget of {space.max_params:,}; "
+            "raise the budget or allow smaller widths or fewer blocks"
+        )

@@ -47,7 +47,6 @@ class Dataset:
     test: Split | None  # None during a search: it never sees the test set
     mean: float  # of the training file's pixels in [0, 1]
     std: float
-    source: str  # the directory it came from, recorded in results
 
 
 def _find(directory: Path, stem: str) -> Path:
@@ -73,8 +72,7 @@ def _verify_checksum(path: Path, data: bytes) -> None:
         key = path.name if sums_name == "SHA256SUMS" else path.name.removesuffix(".gz")
         if key in expected and hashlib.sha256(payload).hexdigest() != expected[key]:
             raise UserError(
-                f"{path}: checksum does not match {sums}; the file is corrupt, "
-                "replace it with an intact copy"
+                f"{path}: checksum does not match {sums}; the file is corrupt, replace it with an intact copy"
             )
 
 
@@ -111,9 +109,7 @@ def _read_pair(directory: Path, images_key: str, labels_key: str) -> tuple[torch
             "pass an MNIST-format dataset"
         )
     if labels.dim() != 1 or len(labels) != len(images):
-        raise UserError(
-            f"{directory}: {len(labels)} labels for {len(images)} images; the files do not belong together"
-        )
+        raise UserError(f"{directory}: {len(labels)} labels for {len(images)} images; the files do not belong together")
     if int(labels.max()) >= NUM_CLASSES:
         raise UserError(f"{directory}: labels outside 0-9; pass an MNIST-format dataset")
     return images, labels.long()
@@ -140,29 +136,40 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     return train.sort().values, val.sort().values
 
 
-def load_dataset(
-    data_dir: Path | None = None, val_size: int = 10_000, seed: int = 0, include_test: bool = True
-) -> Dataset:
-    """Load an MNIST-format directory (the bundled copy by default) and split off validation."""
+def data_directory(data_dir: Path | str | None) -> Path:
+    """The directory to read: the given one, or the copy bundled with the package."""
     directory = Path(data_dir) if data_dir is not None else BUNDLED_MNIST
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory; pass --data-dir with the four IDX files")
+    return directory
+
+
+def _as_split(images: torch.Tensor, labels: torch.Tensor) -> Split:
+    return Split(images.unsqueeze(1).float().div_(255), labels)
+
+
+def load_test_split(data_dir: Path | str | None = None) -> Split:
+    """Only the test file: for the final report and the generated spec tests."""
+    return _as_split(*_read_pair(data_directory(data_dir), "test_images", "test_labels"))
+
+
+def load_dataset(
+    data_dir: Path | str | None = None, val_size: int = 10_000, seed: int = 0, include_test: bool = True
+) -> Dataset:
+    """Load an MNIST-format directory (the bundled copy by default) and split off validation."""
+    directory = data_directory(data_dir)
     train_images, train_labels = _read_pair(directory, "train_images", "train_labels")
     if not 0 < val_size < len(train_labels):
         raise UserError(f"validation size {val_size} must lie between 0 and {len(train_labels)}; change --val-size")
     train_idx, val_idx = stratified_split(train_labels, val_size, seed)
 
-    def as_split(images: torch.Tensor, labels: torch.Tensor) -> Split:
-        return Split(images.unsqueeze(1).float().div_(255), labels)
-
     pixels = train_images.float().div_(255)
     return Dataset(
-        train=as_split(train_images[train_idx], train_labels[train_idx]),
-        val=as_split(train_images[val_idx], train_labels[val_idx]),
-        test=as_split(*_read_pair(directory, "test_images", "test_labels")) if include_test else None,
+        train=_as_split(train_images[train_idx], train_labels[train_idx]),
+        val=_as_split(train_images[val_idx], train_labels[val_idx]),
+        test=load_test_split(directory) if include_test else None,
         mean=pixels.mean().item(),
         std=pixels.std().item(),
-        source=str(directory.resolve()),
     )
 
 

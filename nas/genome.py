@@ -8,7 +8,7 @@ The head maps the last feature map to class scores.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from nas.errors import UserError
@@ -58,8 +58,9 @@ class Genome:
             raise ValueError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form; `from_dict` inverts it exactly."""
-        return asdict(self)
+        """Plain JSON form (lists, not tuples); `from_dict` inverts it exactly."""
+        stages = [{"widths": list(stage.widths), "transition": stage.transition} for stage in self.stages]
+        return {"stages": stages, "dropout": self.dropout, "head": self.head}
 
     @classmethod
     def from_dict(cls, data: Any) -> Genome:
@@ -85,7 +86,7 @@ class Genome:
         """A compact one-line form, e.g. `8-16|p t8 16-16|p 16 gap d0.05`."""
         parts = []
         for i, stage in enumerate(self.stages):
-            prefix = "" if i == 0 else ("p t%d " % stage.transition if stage.transition else "p ")
+            prefix = "" if i == 0 else (f"p t{stage.transition} " if stage.transition else "p ")
             parts.append(prefix + "-".join(map(str, stage.widths)))
         return " | ".join(parts) + f" {self.head} d{self.dropout:.2f}"
 

@@ -24,6 +24,16 @@ def write_bytes(path: Path, payload: bytes) -> None:
         raise UserError(f"cannot write {path} ({error.strerror}); choose a writable --out") from None
 
 
+def check_writable(directory: Path) -> None:
+    """Fail before hours of work, not after, when results could not be saved."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {directory} ({error.strerror}); choose a writable --out") from None
+
+
 def write_text(path: Path, text: str) -> None:
     """Atomically write text."""
     write_bytes(path, text.encode())

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import io
 import multiprocessing as mp
 import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from nas.train import DivergedError, Report, TrainConfig, train
 RESULTS_DIR = Path("results")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
@@ -81,6 +85,7 @@ class Objective:
     train_fn: TrainFn = train  # replaceable so a test can spy on what reaches training
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         genome = sample_genome(trial, self.space.architecture)
         params = param_count(genome)
         trial.set_user_attr("genome", genome.to_dict())
@@ -94,10 +99,13 @@ class Objective:
         torch.manual_seed(config.seed)  # weight initialisation
         model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
 
+        final_step = config.epochs * config.reports_per_epoch
+
         def on_report(report: Report) -> None:
             trial.report(report.val_accuracy, report.step)
             trial.set_user_attr("epochs_run", round(report.epoch, 3))
-            if trial.should_prune():
+            # Stopping at the final report saves nothing and would discard a finished result.
+            if report.step < final_step and trial.should_prune():
                 trial.set_user_attr("prune_reason", "pruner")
                 raise optuna.TrialPruned(f"pruned at epoch {report.epoch:.2f}")
 
@@ -182,14 +190,15 @@ def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
 
 def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
     """Create the study or resume it; a study made with a different space is refused."""
-    study = optuna.create_study(
-        study_name=options.study,
-        storage=make_storage(options.storage),
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=options.seed, multivariate=True, constant_liar=True),
-        pruner=make_pruner(options.pruner, space),
-        load_if_exists=True,
-    )
+    storage = make_storage(options.storage)
+    sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, constant_liar=True)
+    pruner = make_pruner(options.pruner, space)
+    try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
+        study = optuna.load_study(study_name=options.study, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(
+            study_name=options.study, storage=storage, direction="maximize", sampler=sampler, pruner=pruner
+        )
     recorded = study.user_attrs.get("space_sha256")
     if recorded is None:
         study.set_user_attr("space_sha256", space.sha256)
@@ -225,10 +234,9 @@ class SearchOptions:
     out: Path
 
 
-def _worker(
-    index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None
-) -> None:
+def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None) -> None:
     """One process of a run: its own data copy, its own thread budget, the shared study."""
+    _die_with_parent()
     torch.set_num_threads(options.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
@@ -246,6 +254,37 @@ def _worker(
         run_trials(study, Objective(space, data, options.seed), claim)
     except KeyboardInterrupt:
         pass  # the trial was recorded as failed; the parent reports and exits
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker if the search process dies (even by kill -9)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a dead worker on this host as failed; return how many.
+
+    A journal file has no heartbeat, but each trial records the host and pid of its worker.
+    """
+    orphaned = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            orphaned += 1
+    return orphaned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -307,12 +346,22 @@ def trials_csv(trials: list[FrozenTrial]) -> str:
         genome = Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else ""
         reason = attrs.get("prune_reason") or attrs.get("fail_reason") or ""
         value = f"{t.value:.2f}" if t.value is not None else ""
-        writer.writerow([t.number, t.state.name, attrs.get("params", ""), attrs.get("macs", ""), value,
-                         attrs.get("epochs_run", ""), reason, genome])
+        writer.writerow(
+            [
+                t.number,
+                t.state.name,
+                attrs.get("params", ""),
+                attrs.get("macs", ""),
+                value,
+                attrs.get("epochs_run", ""),
+                reason,
+                genome,
+            ]
+        )
     return buffer.getvalue()
 
 
-def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions, data_source: str) -> dict:
+def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> dict:
     """best.json: the winner and everything needed to retrain it and to say how it was found."""
     best = study.best_trial
     return {
@@ -329,7 +378,12 @@ def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions,
             "batch_size": space.training.batch_size,
             "weight_decay": space.training.weight_decay,
         },
-        "data": {"source": data_source, "val_size": options.val_size, "split_seed": options.seed},
+        # null: the MNIST copy bundled with the package, wherever the project lives.
+        "data": {
+            "dir": str(options.data_dir.resolve()) if options.data_dir else None,
+            "val_size": options.val_size,
+            "split_seed": options.seed,
+        },
         "space": {"path": space.path, "sha256": space.sha256, "text": Path(space.path).read_text()},
         "seed": options.seed,
         "command": "python -m nas.search " + " ".join(sys.argv[1:]),
@@ -342,9 +396,12 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     console = console or Console()
     space = load_space(options.space, options.max_params, options.trial_epochs)
     # Load once up front: bad data fails here, before any worker starts or trial is created.
-    data_source = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False).source
+    load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(options, space)
+    orphaned = fail_orphaned_trials(study)
+    if orphaned:
+        console.print(f"marked {orphaned} trial(s) of a dead worker as failed")
     started_with = len(study.trials)
     console.print(
         f"study [bold]{options.study}[/] in {redact(options.storage)}: {started_with} trials so far; "
@@ -371,13 +428,13 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         for worker in workers:
             worker.join()
         live.update(progress_table(study.trials, started_with, options.trials, time.time() - start))
-    _report(study, space, options, data_source, console)
+    _report(study, space, options, console)
     if interrupted:
         raise KeyboardInterrupt
     return study
 
 
-def _report(study: optuna.Study, space: SearchSpace, options: SearchOptions, data_source: str, console: Console) -> None:
+def _report(study: optuna.Study, space: SearchSpace, options: SearchOptions, console: Console) -> None:
     trials = study.trials
     out = options.out
     results.write_text(out / "trials.csv", trials_csv(trials))
@@ -386,7 +443,7 @@ def _report(study: optuna.Study, space: SearchSpace, options: SearchOptions, dat
         return
     console.print(top_trials_table(trials))
     best_path = out / "best.json"
-    results.write_json(best_path, best_record(study, space, options, data_source))
+    results.write_json(best_path, best_record(study, space, options))
     console.print(f"wrote {best_path} and {out / 'trials.csv'}; study journal: {redact(options.storage)}")
     console.print(f"next: python -m nas.retrain {best_path} --epochs 19")
 
@@ -441,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         search(options)
     except KeyboardInterrupt:
-        print(f"interrupted; completed trials are saved. Resume with: python -m nas.search {' '.join(sys.argv[1:])}",
-              file=sys.stderr)
+        print(
+            f"interrupted; completed trials are saved. Resume with: python -m nas.search {' '.join(sys.argv[1:])}",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

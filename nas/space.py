@@ -89,9 +89,9 @@ SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial
 
 
 def _type_name(kind: Any) -> str:
-    if kind is Range:
+    if kind == Range:
         return "[min, max] numbers"
-    if kind is IntRange:
+    if kind == IntRange:
         return "[min, max] integers"
     if typing.get_origin(kind) is tuple:
         return f"a non-empty list of {typing.get_args(kind)[0].__name__}s"
@@ -100,6 +100,7 @@ def _type_name(kind: Any) -> str:
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Check one TOML value against a field's annotation; return it in the dataclass's form."""
+
     def is_a(v: Any, scalar: type) -> bool:
         if isinstance(v, bool):
             return False
@@ -143,7 +144,10 @@ def _check_values(space: SearchSpace, where: str) -> None:
     arch, training, trial = space.architecture, space.training, space.trial
     checks = [
         (space.max_params > 0, "budget.max_params must be positive"),
-        (all(1 <= n <= MAX_STAGES for n in arch.stages), f"architecture.stages must lie in 1..{MAX_STAGES} ({INPUT_SIZE} px input)"),
+        (
+            all(1 <= n <= MAX_STAGES for n in arch.stages),
+            f"architecture.stages must lie in 1..{MAX_STAGES} ({INPUT_SIZE} px input)",
+        ),
         (arch.blocks_per_stage[0] >= 1, "architecture.blocks_per_stage must start at 1 or more"),
         (all(w > 0 for w in arch.widths), "architecture.widths must be positive"),
         (all(t >= 0 for t in arch.transitions), "architecture.transitions must be 0 (none) or positive"),

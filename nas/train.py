@@ -72,10 +72,12 @@ def train(
     data: Dataset,
     config: TrainConfig,
     on_report: Callable[[Report], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> list[Report]:
     """Train `model` in place on `data.train`, evaluating on `data.val` at each report point.
 
     `on_report` may raise to stop training early (a pruner does); the exception propagates.
+    `on_step(epoch, step, steps_per_epoch)` follows every optimiser step, for progress bars.
     """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout masks
@@ -119,6 +121,8 @@ def train(
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+            if on_step is not None:
+                on_step(epoch, step, steps_per_epoch)
             if step in report_after:
                 val_loss, val_accuracy = evaluate(model, data.val)
                 report = Report(
@@ -136,4 +140,3 @@ def train(
                 if on_report is not None:
                     on_report(report)
     return reports
-

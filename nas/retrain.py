@@ -1,0 +1,268 @@
+"""Retrain a searched architecture in full, test it once, and export it frozen with spec tests.
+
+python -m nas.retrain results/mnist_20k/best.json --epochs 19
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from nas import results
+from nas.data import load_dataset
+from nas.errors import UserError, cli
+from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
+from nas.model import build_model, count_macs, with_normalisation
+from nas.train import Report, TrainConfig, evaluate, train
+
+SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
+MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
+DEFAULT_MIN_ACCURACY = 99.4  # percent on the test set; the seeds' floor
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What retraining needs from a best.json."""
+
+    genome: Genome
+    max_params: int
+    max_lr: float
+    batch_size: int
+    weight_decay: float
+    data_dir: str | None  # None: the bundled MNIST
+    val_size: int
+    split_seed: int
+
+
+def _field(document: dict, dotted: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value: Any = document
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise UserError(f"{where}: missing field {dotted!r}; use a best.json written by nas.search")
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise UserError(f"{where}: field {dotted!r} has the wrong type; use a best.json written by nas.search")
+    return value
+
+
+def parse_candidate(text: str, where: str) -> Candidate:
+    """Validate a best.json document: every problem is one UserError naming the field."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: not valid JSON ({error.msg} at line {error.lineno}); fix or regenerate it") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{where}: expected a JSON object; use a best.json written by nas.search")
+    try:
+        genome = Genome.from_dict(_field(document, "genome", dict, where))
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    data_dir = document.get("data", {}).get("dir") if isinstance(document.get("data"), dict) else None
+    candidate = Candidate(
+        genome=genome,
+        max_params=_field(document, "max_params", int, where),
+        max_lr=float(_field(document, "train.max_lr", (int, float), where)),
+        batch_size=_field(document, "train.batch_size", int, where),
+        weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
+        data_dir=data_dir if isinstance(data_dir, str) else None,
+        val_size=_field(document, "data.val_size", int, where),
+        split_seed=_field(document, "data.split_seed", int, where),
+    )
+    params = param_count(genome)
+    if params > candidate.max_params:
+        raise UserError(
+            f"{where}: the genome has {params:,} parameters, over its budget of {candidate.max_params:,}; "
+            "search again or raise max_params"
+        )
+    if not (candidate.max_lr > 0 and candidate.batch_size > 0 and candidate.weight_decay >= 0):
+        raise UserError(f"{where}: train.max_lr and train.batch_size must be positive; fix or regenerate it")
+    return candidate
+
+
+def load_candidate(path: Path) -> Candidate:
+    """Read and validate a best.json file."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror}); pass the best.json a search wrote") from None
+    return parse_candidate(text, str(path))
+
+
+def export_frozen(model: nn.Module, path: Path) -> None:
+    """Save the eval-mode model as a torch.export program with a dynamic batch dimension."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, IN_CHANNELS, INPUT_SIZE, INPUT_SIZE)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    tmp = path.with_name(f".tmp.{path.name}")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, tmp)
+    tmp.replace(path)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Leaf module types in order: the record of what the trained network contained."""
+    return [type(m).__name__ for m in model.modules() if not list(m.children())]
+
+
+def epoch_line(report: Report, epochs: int) -> str:
+    return (
+        f"epoch {round(report.epoch):>2}/{epochs}  "
+        f"train loss {report.train_loss:.4f} acc {report.train_accuracy:.2f}%  "
+        f"val loss {report.val_loss:.4f} acc {report.val_accuracy:.2f}%  lr {report.lr:.4f}  {report.seconds:.0f} s"
+    )
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    best: Path
+    epochs: int
+    out: Path
+    seed: int
+    data_dir: Path | None
+    max_params: int | None
+    min_accuracy: float
+
+
+def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
+    """Train the candidate, evaluate once on the test set, write the five result files."""
+    console = console or Console()
+    candidate = load_candidate(options.best)
+    max_params = options.max_params or candidate.max_params
+    genome, params = candidate.genome, param_count(candidate.genome)
+    if params > max_params:
+        raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
+    results.check_writable(options.out)
+    data_dir = str(options.data_dir.resolve()) if options.data_dir else candidate.data_dir
+    data = load_dataset(data_dir, candidate.val_size, candidate.split_seed)
+    config = TrainConfig(
+        epochs=options.epochs,
+        max_lr=candidate.max_lr,
+        batch_size=candidate.batch_size,
+        weight_decay=candidate.weight_decay,
+        seed=options.seed,
+    )
+    torch.manual_seed(options.seed)
+    model = with_normalisation(build_model(genome), data.mean, data.std)
+    log = [
+        f"retrain {options.best}: {genome.describe()}, {params:,} params, {options.epochs} epochs, seed {options.seed}"
+    ]
+    console.print(log[0])
+
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=None, epoch=1)
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            progress.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{options.epochs}")
+
+        def on_report(report: Report) -> None:
+            log.append(epoch_line(report, options.epochs))
+            progress.console.print(log[-1])
+
+        reports = train(model, data, config, on_report=on_report, on_step=on_step)
+    train_seconds = time.perf_counter() - start
+    test_loss, test_accuracy = evaluate(model, data.test)  # the one look at the test set
+    log.append(
+        f"test: loss {test_loss:.4f}, accuracy {test_accuracy:.2f}% on {len(data.test):,} images "
+        f"(final epoch; {train_seconds:.0f} s of training)"
+    )
+    console.print(log[-1])
+
+    out = options.out
+    metrics = {
+        "genome": genome.to_dict(),
+        "architecture": genome.describe(),
+        "params": params,
+        "macs": count_macs(genome),
+        "layers": layer_names(model),
+        "spec": {"max_params": max_params, "max_epochs": MAX_EPOCHS, "min_test_accuracy": options.min_accuracy},
+        "epochs": options.epochs,
+        "train": asdict(config),
+        "history": [asdict(r) for r in reports],
+        "val_accuracy": reports[-1].val_accuracy,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "train_seconds": round(train_seconds, 1),
+        "seed": options.seed,
+        "data": {"dir": data_dir, "val_size": candidate.val_size, "split_seed": candidate.split_seed},
+        "input": {
+            "shape": ["N", IN_CHANNELS, INPUT_SIZE, INPUT_SIZE],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalisation": {"mean": data.mean, "std": data.std, "applied": "inside model.pt2"},
+        },
+        "source": str(options.best),
+        "command": "python -m nas.retrain " + " ".join(sys.argv[1:]),
+        "versions": results.versions(),
+    }
+    export_frozen(model, out / "model.pt2")
+    results.write_bytes(out / "weights.pt", _state_dict_bytes(model))
+    results.write_json(out / "metrics.json", metrics)
+    results.write_text(out / "train.log", "\n".join(log) + "\n")
+    results.write_bytes(out / "test_model.py", SPEC_TESTS.read_bytes())
+    console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py to {out}")
+    console.print(f"check the spec: pytest {out / 'test_model.py'}")
+    return metrics
+
+
+def _state_dict_bytes(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def parse_args(argv: list[str] | None) -> RetrainOptions:
+    parser = argparse.ArgumentParser(prog="nas.retrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("best", type=Path, help="best.json written by nas.search")
+    parser.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"training epochs (default {MAX_EPOCHS})")
+    parser.add_argument("--out", type=Path, help="result folder (default: the folder of best.json)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, data order, augmentation, dropout")
+    parser.add_argument("--data-dir", type=Path, help="MNIST-format directory (default: the one the search used)")
+    parser.add_argument("--max-params", type=int, help="parameter budget (default: best.json's)")
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=DEFAULT_MIN_ACCURACY,
+        help=f"test accuracy floor the generated tests check, percent (default {DEFAULT_MIN_ACCURACY})",
+    )
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.max_params is not None and args.max_params < 1:
+        raise UserError(f"--max-params must be positive, got {args.max_params}")
+    return RetrainOptions(
+        best=args.best,
+        epochs=args.epochs,
+        out=args.out or args.best.parent,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        max_params=args.max_params,
+        min_accuracy=args.min_accuracy,
+    )
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    retrain(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

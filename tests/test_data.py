@@ -1,0 +1,93 @@
+import gzip
+import hashlib
+
+import pytest
+import torch
+
+from nas.data import BUNDLED_MNIST, augment, load_dataset, read_idx, stratified_split
+from nas.errors import UserError
+from tests.conftest import write_idx, write_subset
+
+
+def test_bundled_copy_matches_its_checksums():
+    for line in (BUNDLED_MNIST / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((BUNDLED_MNIST / name).read_bytes()).hexdigest() == digest
+
+
+def test_tiny_dataset_shapes_split_and_statistics(tiny_data):
+    assert tiny_data.train.images.shape == (900, 1, 28, 28)
+    assert tiny_data.val.images.shape == (300, 1, 28, 28)
+    assert tiny_data.test.images.shape == (300, 1, 28, 28)
+    assert 0 <= tiny_data.train.images.min() and tiny_data.train.images.max() <= 1
+    # Statistics of this dataset's training images, not MNIST's well-known constants.
+    assert 0.05 < tiny_data.mean < 0.25 and 0.2 < tiny_data.std < 0.45
+
+
+def test_stratified_split_keeps_class_shares_and_is_seeded():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 60, 70, 80, 90, 100, 110, 120, 130, 140]))
+    train, val = stratified_split(labels, 190, seed=3)
+    assert len(val) == 190 and len(train) == len(labels) - 190
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    share = torch.bincount(labels[val], minlength=10).float() / torch.bincount(labels).float()
+    assert (share - 0.2).abs().max() < 0.02
+    assert torch.equal(stratified_split(labels, 190, seed=3)[1], val)
+    assert not torch.equal(stratified_split(labels, 190, seed=4)[1], val)
+
+
+def test_raw_and_gzipped_idx_read_the_same(tmp_path):
+    array = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    assert torch.equal(read_idx(write_idx(tmp_path / "a", array, compress=False)), array)
+    assert torch.equal(read_idx(write_idx(tmp_path / "b", array, compress=True)), array)
+
+
+@pytest.mark.parametrize(
+    "corrupt, problem",
+    [
+        (lambda b: b[:-100], "truncated or corrupt"),
+        (lambda b: b"\x00\x00\x09\x03" + b[4:], "not an IDX"),
+        (lambda b: b[:2], "too short"),
+    ],
+)
+def test_corrupt_idx_files_are_user_errors(tmp_path, corrupt, problem):
+    path = write_idx(tmp_path / "x", torch.zeros(3, 28, 28, dtype=torch.uint8), compress=False)
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(UserError, match=problem):
+        read_idx(path)
+
+
+def test_bad_gzip_and_checksum_mismatch_are_user_errors(tmp_path):
+    path = write_idx(tmp_path / "x", torch.zeros(3, 28, 28, dtype=torch.uint8))
+    good = path.read_bytes()
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(good).hexdigest()}  {path.name}\n")
+    read_idx(path)
+    path.write_bytes(gzip.compress(gzip.decompress(good)[:-1] + b"\x01", mtime=0))
+    with pytest.raises(UserError, match="checksum does not match"):
+        read_idx(path)
+    path.write_bytes(good[:20])
+    with pytest.raises(UserError, match="cannot be read"):
+        read_idx(path)
+
+
+def test_missing_directory_file_and_wrong_shape(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        load_dataset(tmp_path / "absent")
+    directory = write_subset(tmp_path / "d", 100, 20)
+    (directory / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match="no t10k-labels-idx1-ubyte"):
+        load_dataset(directory, val_size=20)
+    write_idx(directory / "train-images-idx3-ubyte", torch.zeros(100, 32, 32, dtype=torch.uint8))
+    with pytest.raises(UserError, match="expected N x 28 x 28"):
+        load_dataset(directory, val_size=20)
+
+
+def test_search_data_leaves_out_the_test_set(tiny_dir):
+    assert load_dataset(tiny_dir, val_size=300, include_test=False).test is None
+
+
+def test_augment_keeps_shape_and_moves_pixels(tiny_data):
+    images = tiny_data.train.images[:64]
+    moved = augment(images, 7.0, 2.0, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    assert 0 < (moved - images).abs().mean() and moved.sum().item() == pytest.approx(images.sum().item(), rel=0.1)
+    assert torch.allclose(augment(images, 0.0, 0.0, torch.Generator()), images, atol=1e-5)

@@ -1,0 +1,158 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.errors import UserError
+from nas.genome import Genome, Stage, param_count
+from nas.model import build_model, with_normalisation
+from nas.retrain import RetrainOptions, main, parse_candidate, retrain
+
+RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
+TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout=0.05, head="gap")
+
+
+def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:
+    """A best.json as nas.search writes it, for a chosen genome."""
+    document = {
+        "genome": genome.to_dict(),
+        "params": param_count(genome),
+        "max_params": max_params,
+        "train": {"max_lr": 0.1, "batch_size": 64, "weight_decay": 5e-4},
+        "data": {"dir": str(tiny_dir), "val_size": 300, "split_seed": 0},
+    }
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def run_retrain(tmp_path, tiny_dir, name, genome=TINY_GENOME, epochs=1, min_accuracy=0.0) -> dict:
+    out = tmp_path / name
+    options = RetrainOptions(
+        best=best_json(tmp_path, tiny_dir, genome),
+        epochs=epochs,
+        out=out,
+        seed=0,
+        data_dir=None,
+        max_params=None,
+        min_accuracy=min_accuracy,
+    )
+    return retrain(options)
+
+
+def spec_failures(folder: Path) -> set[str]:
+    """Run the generated test file in a fresh interpreter; the names of the tests that failed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "test_model.py")],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
+    failed = set(re.findall(r"FAILED \S+::(\w+)", result.stdout))
+    assert (result.returncode == 0) == (not failed), result.stdout[-2000:]
+    return failed
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, tiny_dir) -> Path:
+    tmp_path = tmp_path_factory.mktemp("good")
+    run_retrain(tmp_path, tiny_dir, "good")
+    return tmp_path / "good"
+
+
+def test_retrain_writes_the_five_files_and_the_frozen_model_matches_the_eager_one(good):
+    assert RESULT_FILES <= {p.name for p in good.iterdir()}
+    metrics = json.loads((good / "metrics.json").read_text())
+    assert metrics["params"] == param_count(TINY_GENOME) and len(metrics["history"]) == 1
+    assert "test:" in (good / "train.log").read_text()
+
+    state = torch.load(good / "weights.pt", weights_only=True)
+    eager = with_normalisation(build_model(TINY_GENOME), 0.0, 1.0)
+    eager.load_state_dict(state)
+    frozen = torch.export.load(str(good / "model.pt2")).module()
+    pixels = torch.rand(5, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(frozen(pixels), eager.eval()(pixels), atol=1e-5)
+    assert metrics["input"]["normalisation"]["mean"] == pytest.approx(state["0.mean"].item())
+
+
+def test_generated_spec_tests_pass_on_a_good_model(good):
+    assert spec_failures(good) == set()
+
+
+@pytest.mark.parametrize(
+    "variant, expected_failure",
+    [
+        ("over_budget", "test_parameter_count_within_budget"),
+        ("no_dropout", "test_uses_dropout"),
+        ("below_floor", "test_test_accuracy_meets_floor"),
+        ("twenty_epochs", "test_trained_fewer_than_20_epochs"),
+    ],
+)
+def test_generated_spec_tests_fail_on_bad_models(variant, expected_failure, tmp_path, tiny_dir, good):
+    if variant == "over_budget":  # the same model held to a budget one parameter smaller
+        folder = tmp_path / "over"
+        folder.mkdir()
+        for name in RESULT_FILES:
+            (folder / name).write_bytes((good / name).read_bytes())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["spec"]["max_params"] = metrics["params"] - 1
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    elif variant == "no_dropout":
+        run_retrain(tmp_path, tiny_dir, variant, genome=Genome(TINY_GENOME.stages, dropout=0.0, head="gap"))
+        folder = tmp_path / variant
+    elif variant == "below_floor":
+        run_retrain(tmp_path, tiny_dir, variant, min_accuracy=99.9)
+        folder = tmp_path / variant
+    else:
+        run_retrain(tmp_path, tiny_dir, variant, epochs=20)
+        folder = tmp_path / variant
+    assert spec_failures(folder) == {expected_failure}
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: {k: v for k, v in d.items() if k != "train"}, "missing field 'train.max_lr'"),
+        (lambda d: {**d, "genome": {**d["genome"], "head": "mlp"}}, "unknown head 'mlp'"),
+        (lambda d: {**d, "genome": {**d["genome"], "stages": [{"widths": [-4]}]}}, "positive"),
+        (lambda d: {**d, "max_params": 100}, "over its budget of 100"),
+        (lambda d: {**d, "max_params": "20k"}, "field 'max_params' has the wrong type"),
+    ],
+)
+def test_bad_best_json_is_one_line_and_exit_2(edit, problem, tmp_path, tiny_dir, capsys):
+    path = best_json(tmp_path, tiny_dir)
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError):
+        parse_candidate(path.read_text(), "best.json")
+
+
+def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):
+    path = best_json(tmp_path, tiny_dir)
+    assert main([str(path), "--epochs", "0"]) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([str(path), "--out", str(blocker / "sub")]) == 2
+    assert "choose a writable --out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_epoch_on_full_mnist_beats_95_percent(tmp_path):
+    """Seeds 000 and 002's CI check, on the shipped architecture and the project's trainer."""
+    shipped = Path(__file__).parent.parent / "results" / "mnist_20k" / "best.json"
+    options = RetrainOptions(
+        best=shipped, epochs=1, out=tmp_path, seed=0, data_dir=None, max_params=None, min_accuracy=95.0
+    )
+    metrics = retrain(options)
+    assert metrics["test_accuracy"] > 95.0
+    assert spec_failures(tmp_path) == set()

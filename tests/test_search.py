@@ -1,0 +1,173 @@
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.genome import Genome, param_count
+from nas.search import BUDGET_CONSTRAINT, Objective, TrialSlots, count_states, main, run_trials
+from nas.space import DEFAULT_SPACE, load_space
+from nas.train import DivergedError, Report
+
+
+def fake_report(step: int, accuracy: float) -> Report:
+    return Report(
+        step=step,
+        epoch=step / 2,
+        val_accuracy=accuracy,
+        val_loss=0.1,
+        train_loss=0.1,
+        train_accuracy=accuracy,
+        lr=0.01,
+        seconds=0.0,
+    )
+
+
+class SpyTrainer:
+    """Stands in for `nas.train.train`: records what reaches it, reports made-up accuracies."""
+
+    def __init__(self, accuracy=lambda genome: 90.0):
+        self.models = []
+        self.accuracy = accuracy
+
+    def __call__(self, model, data, config, on_report):
+        self.models.append(model)
+        reports = []
+        for step in range(1, config.epochs * config.reports_per_epoch + 1):
+            reports.append(fake_report(step, self.accuracy(model)))
+            on_report(reports[-1])
+        return reports
+
+
+def run(objective: Objective, n: int, seed: int = 0) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    run_trials(study, objective, TrialSlots(n).claim)
+    return study
+
+
+def test_over_budget_candidates_never_reach_the_trainer(tiny_data):
+    space = load_space(DEFAULT_SPACE, max_params=6_000)
+    spy = SpyTrainer()
+    study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
+
+    over = [t for t in study.trials if t.user_attrs["params"] > 6_000]
+    under = [t for t in study.trials if t.user_attrs["params"] <= 6_000]
+    assert over and under, "the space should produce both kinds at this budget"
+    assert len(spy.models) == len(under)
+    assert all(sum(p.numel() for p in model.parameters()) <= 6_000 for model in spy.models)
+    for t in over:
+        assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "over budget"
+        assert t.constraints[BUDGET_CONSTRAINT] == t.user_attrs["params"] - 6_000 > 0
+        assert t.intermediate_values == {}
+    for t in under:
+        assert t.state == TrialState.COMPLETE and t.constraints[BUDGET_CONSTRAINT] <= 0
+        assert param_count(Genome.from_dict(t.user_attrs["genome"])) == t.user_attrs["params"]
+
+
+def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections(tiny_data):
+    space = load_space(DEFAULT_SPACE)
+    # Accuracy rises with size, so small candidates fall below the median and get pruned.
+    spy = SpyTrainer(accuracy=lambda model: sum(p.numel() for p in model.parameters()) / 1000)
+    objective = Objective(space, tiny_data, seed=0, train_fn=spy)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
+    run_trials(study, objective, TrialSlots(25).claim)
+    counts = count_states(study.trials)
+    assert counts["pruned"] > 0 and counts["complete"] > 0
+    assert sum(counts.values()) == 25
+    final_step = space.trial.epochs * space.trial.reports_per_epoch
+    for t in study.trials:
+        if t.user_attrs.get("prune_reason") == "pruner":
+            assert max(t.intermediate_values) < final_step  # a finished run is never thrown away
+
+
+def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tiny_data):
+    calls = []
+
+    def diverging(model, data, config, on_report):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergedError("loss became nan at epoch 1, step 3")
+        return [fake_report(1, 95.0)]
+
+    space = load_space(DEFAULT_SPACE, max_params=100_000)
+    study = run(Objective(space, tiny_data, seed=0, train_fn=diverging), 3)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "nan" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = [
+        "--trials",
+        "3",
+        "--trial-epochs",
+        "1",
+        "--data-dir",
+        str(tiny_dir),
+        "--val-size",
+        "300",
+        "--out",
+        str(out),
+        "--study",
+        "tiny",
+        "--jobs",
+        "2",
+        "--max-params",
+        "8000",
+    ]
+    assert main(argv) == 0
+    best = json.loads((out / "best.json").read_text())
+    assert param_count(Genome.from_dict(best["genome"])) == best["params"] <= 8000 == best["max_params"]
+    assert 0 <= best["val_accuracy"] <= 100
+    assert best["space"]["text"] == DEFAULT_SPACE.read_text()
+    assert {"torch", "optuna"} <= set(best["versions"])
+    assert best["data"]["dir"] == str(tiny_dir.resolve())
+
+    assert main(argv) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(trials) == 6 and sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state.is_finished() for t in trials)
+    csv_rows = (out / "trials.csv").read_text().splitlines()
+    assert len(csv_rows) == 7 and csv_rows[0].startswith("number,state,params,macs,val_accuracy")
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--trials", "-3"], "--trials must be at least 1"),
+        (["--max-params", "100"], "over the budget of 100"),
+        (["--data-dir", "/nonexistent/mnist"], "no such directory"),
+        (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "cannot open storage"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(extra, problem, tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1 and "Traceback" not in err
+    assert "secret" not in err
+
+
+def test_resuming_with_another_space_is_refused(tiny_dir, tmp_path, capsys):
+    base = [
+        "--trials",
+        "1",
+        "--trial-epochs",
+        "1",
+        "--data-dir",
+        str(tiny_dir),
+        "--val-size",
+        "300",
+        "--out",
+        str(tmp_path),
+        "--study",
+        "s",
+        "--jobs",
+        "1",
+    ]
+    assert main([*base, "--max-params", "8000"]) == 0
+    journal = (tmp_path / "study.journal").read_bytes()
+    assert main([*base, "--max-params", "9000"]) == 2
+    assert "another search space or budget" in capsys.readouterr().err
+    assert (tmp_path / "study.journal").read_bytes() == journal  # nothing lost or added

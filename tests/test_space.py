@@ -1,0 +1,74 @@
+import re
+
+import pytest
+
+from nas.errors import UserError
+from nas.genome import param_count
+from nas.space import DEFAULT_SPACE, SPACES_DIR, load_space, parse_space
+
+DEFAULT_TEXT = DEFAULT_SPACE.read_text()
+
+
+def edited(old: str, new: str) -> str:
+    """The default space file with one line changed."""
+    assert old in DEFAULT_TEXT
+    return DEFAULT_TEXT.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
+    space = load_space(path)
+    assert param_count(space.smallest_genome()) <= space.max_params
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        ("stages = [2, 3", None, "not valid TOML"),
+        (edited("heads =", "colour = 1\nheads ="), "architecture", "unknown key 'colour'"),
+        (edited("[trial]", "[trials]"), None, r"unknown table \[trials\]"),
+        (edited("epochs = 2 ", "# epochs removed "), "trial", "missing key 'epochs'"),
+        (edited("batch_size = 128", 'batch_size = "128"'), "training.batch_size", "must be an integer"),
+        (edited("batch_size = 128", "batch_size = 12.8"), "training.batch_size", "must be an integer"),
+        (edited("widths = [8, 12, 16, 20, 24, 32]", "widths = []"), "architecture.widths", "empty list"),
+        (edited('heads = ["gap", "gap_fc", "fc"]', "heads = [1, 2]"), "architecture.heads", "list of strs"),
+        (edited("blocks_per_stage = [1, 3]", "blocks_per_stage = [3, 1]"), "blocks_per_stage", "min 3 is greater"),
+        (edited("dropout = [0.0, 0.15]", "dropout = [0.3, 0.1]"), "dropout", "min 0.3 is greater"),
+        (edited("max_lr = [0.02, 0.3]", "max_lr = [0.02]"), "max_lr", r"\[min, max\] numbers"),
+        (edited('heads = ["gap", "gap_fc", "fc"]', 'heads = ["gap", "mlp"]'), "architecture.heads", "must be among"),
+        (edited("stages = [2, 3]", "stages = [2, 7]"), "architecture.stages", "must lie in"),
+        (edited("max_params = 20_000", "max_params = true"), "budget.max_params", "must be an integer"),
+        (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "exactly one key"),
+    ],
+)
+def test_each_validation_error_names_file_and_key(text, key, problem):
+    with pytest.raises(UserError) as caught:
+        parse_space(text, "spaces/broken.toml")
+    message = str(caught.value)
+    assert message.startswith("spaces/broken.toml")
+    assert key is None or key in message
+    assert re.search(problem, message)
+    assert "\n" not in message
+
+
+def test_budget_below_smallest_architecture_is_refused_before_any_trial(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(DEFAULT_TEXT)
+    smallest = param_count(load_space(path).smallest_genome())
+    assert load_space(path, max_params=smallest).max_params == smallest
+    with pytest.raises(UserError, match=f"{smallest:,} parameters, over the budget of {smallest - 1:,}"):
+        load_space(path, max_params=smallest - 1)
+
+
+def test_smallest_genome_is_the_minimum_over_the_space():
+    # Brute force over a small space: no sampled genome may have fewer parameters.
+    from tests.test_genome import random_genomes
+
+    space = load_space(SPACES_DIR / "mnist_8k.toml")
+    smallest = param_count(space.smallest_genome())
+    assert all(param_count(g) >= smallest for g in random_genomes("mnist_8k.toml", 300))
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="cannot read the search space"):
+        load_space(tmp_path / "nope.toml")

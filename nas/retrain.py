@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from nas import results
+from nas import plots, results
 from nas.data import load_dataset
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
@@ -85,8 +86,12 @@ def parse_candidate(text: str, where: str) -> Candidate:
             f"{where}: the genome has {params:,} parameters, over its budget of {candidate.max_params:,}; "
             "search again or raise max_params"
         )
-    if not (candidate.max_lr > 0 and candidate.batch_size > 0 and candidate.weight_decay >= 0):
-        raise UserError(f"{where}: train.max_lr and train.batch_size must be positive; fix or regenerate it")
+    if not (0 < candidate.max_lr < math.inf and candidate.batch_size > 0 and 0 <= candidate.weight_decay < math.inf):
+        raise UserError(
+            f"{where}: train.max_lr and batch_size must be positive, weight_decay finite; fix or regenerate it"
+        )
+    if candidate.val_size < 1:
+        raise UserError(f"{where}: data.val_size must be positive; fix or regenerate it")
     return candidate
 
 
@@ -217,7 +222,8 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     results.write_json(out / "metrics.json", metrics)
     results.write_text(out / "train.log", "\n".join(log) + "\n")
     results.write_bytes(out / "test_model.py", SPEC_TESTS.read_bytes())
-    console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py to {out}")
+    plots.plot_training(metrics["history"], out / "training.png")
+    console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py, training.png to {out}")
     console.print(f"check the spec: pytest {out / 'test_model.py'}")
     return metrics
 

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nas import results
+from nas import plots, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
 from nas.genome import Genome, Stage, param_count
@@ -43,6 +43,7 @@ RESULTS_DIR = Path("results")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+HEARTBEAT_SECONDS = 30  # database storages only; a trial silent for twice this is stale
 
 
 def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
@@ -109,31 +110,26 @@ class Objective:
                 trial.set_user_attr("prune_reason", "pruner")
                 raise optuna.TrialPruned(f"pruned at epoch {report.epoch:.2f}")
 
-        reports = self.train_fn(model, self.data, config, on_report)
+        try:
+            reports = self.train_fn(model, self.data, config, on_report)
+        except DivergedError as error:
+            trial.set_user_attr("fail_reason", str(error))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
         return reports[-1].val_accuracy
 
 
 def run_trials(study: optuna.Study, objective: Objective, claim: Callable[[], bool]) -> None:
-    """Ask, evaluate and tell trials while `claim` grants another; the loop one worker runs.
+    """Run trials one at a time while `claim` grants another: the loop each worker runs.
 
-    Unlike `study.optimize`, a trial slot is claimed before the trial exists, so N workers
-    sharing one counter run exactly the requested number of trials between them.
+    A slot is claimed before its trial exists, so N workers sharing one counter run exactly the
+    requested number of trials between them. `study.optimize` runs each one, keeping Optuna's
+    bookkeeping: heartbeats, stale-trial retries, a trial told FAIL when it is interrupted.
     """
     while claim():
-        trial = study.ask()
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        except DivergedError as error:
-            trial.set_user_attr("fail_reason", str(error))
-            study.tell(trial, state=TrialState.FAIL)
-        except BaseException:
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        else:
-            study.tell(trial, value)
+        study.optimize(objective, n_trials=1, catch=(DivergedError,), gc_after_trial=False)
 
 
 class TrialSlots:
@@ -158,7 +154,13 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     """
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url)
+            # Heartbeats let a worker on another machine find a dead worker's trial, fail it and
+            # queue a retry of the same parameters.
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
         except Exception as error:  # SQLAlchemy raises many types for a bad URL or server
             raise UserError(f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage") from None
     path = Path(url)
@@ -188,17 +190,24 @@ def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def load_study(options: SearchOptions, space: SearchSpace, sampler_seed: int) -> optuna.Study:
+    """The study named in `options`; KeyError if it does not exist yet."""
+    return optuna.load_study(
+        study_name=options.study,
+        storage=make_storage(options.storage),
+        # constant_liar: workers sharing a study do not all sample around the same running trial.
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, constant_liar=True),
+        pruner=make_pruner(options.pruner, space),
+    )
+
+
 def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
     """Create the study or resume it; a study made with a different space is refused."""
-    storage = make_storage(options.storage)
-    sampler = optuna.samplers.TPESampler(seed=options.seed, multivariate=True, constant_liar=True)
-    pruner = make_pruner(options.pruner, space)
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
-        study = optuna.load_study(study_name=options.study, storage=storage, sampler=sampler, pruner=pruner)
+        study = load_study(options, space, options.seed)
     except KeyError:
-        study = optuna.create_study(
-            study_name=options.study, storage=storage, direction="maximize", sampler=sampler, pruner=pruner
-        )
+        optuna.create_study(study_name=options.study, storage=make_storage(options.storage), direction="maximize")
+        study = load_study(options, space, options.seed)
     recorded = study.user_attrs.get("space_sha256")
     if recorded is None:
         study.set_user_attr("space_sha256", space.sha256)
@@ -237,15 +246,14 @@ class SearchOptions:
 def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None) -> None:
     """One process of a run: its own data copy, its own thread budget, the shared study."""
     _die_with_parent()
+    # Ctrl-C reaches the whole process group; only the parent acts on it, then stops each worker
+    # once with SIGTERM, so a second signal cannot cut a worker off while it records its trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     torch.set_num_threads(options.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
-    study = optuna.load_study(
-        study_name=options.study,
-        storage=make_storage(options.storage),
-        sampler=optuna.samplers.TPESampler(seed=options.seed + index, multivariate=True, constant_liar=True),
-        pruner=make_pruner(options.pruner, space),
-    )
+    study = load_study(options, space, sampler_seed=options.seed + index)
 
     def claim() -> bool:
         return (deadline is None or time.time() < deadline) and slots.claim()
@@ -253,7 +261,11 @@ def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: Trial
     try:
         run_trials(study, Objective(space, data, options.seed), claim)
     except KeyboardInterrupt:
-        pass  # the trial was recorded as failed; the parent reports and exits
+        pass  # Optuna told the trial FAIL; the parent reports and exits
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _die_with_parent() -> None:
@@ -287,16 +299,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def outcome(trial: FrozenTrial) -> str:
+    """running, complete, over budget (never trained), pruned (by the pruner) or failed."""
+    if trial.state == TrialState.PRUNED:
+        return "over budget" if trial.user_attrs.get("prune_reason") == "over budget" else "pruned"
+    return {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
+
+
 def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     """Trials by outcome, telling budget rejections apart from the pruner's stops."""
     counts = dict.fromkeys(("running", "complete", "over budget", "pruned", "failed"), 0)
     for trial in trials:
-        if trial.state == TrialState.PRUNED:
-            key = "over budget" if trial.user_attrs.get("prune_reason") == "over budget" else "pruned"
-        else:
-            key = {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
-        counts[key] += 1
+        counts[outcome(trial)] += 1
     return counts
+
+
+def last_accuracy(trial: FrozenTrial) -> float | None:
+    """The final value of a completed trial, the last report of a pruned one, else None."""
+    if trial.value is not None:
+        return trial.value
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
+def trial_line(trial: FrozenTrial, elapsed: float) -> str:
+    """One finished trial, for logs: number, outcome, accuracy, size."""
+    accuracy = last_accuracy(trial)
+    value = f"{accuracy:.2f}%" if accuracy is not None else "-"
+    reason = trial.user_attrs.get("fail_reason", "")
+    params = trial.user_attrs.get("params", 0)
+    return f"[{elapsed:6.0f} s] trial {trial.number}: {outcome(trial)} {reason}, val {value}, {params:,} params"
 
 
 def progress_table(trials: list[FrozenTrial], started_with: int, requested: int, elapsed: float) -> Table:
@@ -336,29 +367,39 @@ def top_trials_table(trials: list[FrozenTrial], top: int = 10) -> Table:
     return table
 
 
+CSV_COLUMNS = ("number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "fail_reason", "architecture")
+
+
 def trials_csv(trials: list[FrozenTrial]) -> str:
-    """Every trial: number, state, params, MACs, validation accuracy, epochs run, why pruned or failed."""
+    """Every trial: number, outcome, params, MACs, validation accuracy, epochs run, why it failed."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["number", "state", "params", "macs", "val_accuracy", "epochs_run", "reason", "architecture"])
+    writer.writerow(
+        ["number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "fail_reason", "architecture"]
+    )
     for t in trials:
         attrs = t.user_attrs
-        genome = Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else ""
-        reason = attrs.get("prune_reason") or attrs.get("fail_reason") or ""
-        value = f"{t.value:.2f}" if t.value is not None else ""
-        writer.writerow(
-            [
-                t.number,
-                t.state.name,
-                attrs.get("params", ""),
-                attrs.get("macs", ""),
-                value,
-                attrs.get("epochs_run", ""),
-                reason,
-                genome,
-            ]
-        )
+        accuracy = last_accuracy(t)
+        writer.writerow([
+            t.number,
+            outcome(t),
+            attrs.get("params", ""),
+            attrs.get("macs", ""),
+            f"{accuracy:.2f}" if accuracy is not None else "",
+            attrs.get("epochs_run", ""),
+            attrs.get("fail_reason", ""),
+            Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else "",
+        ])  # fmt: skip
     return buffer.getvalue()
+
+
+def plot_rows(trials: list[FrozenTrial]) -> list[dict]:
+    """The finished trials in the form nas.plots takes."""
+    return [
+        {"number": t.number, "params": t.user_attrs["params"], "outcome": outcome(t), "accuracy": last_accuracy(t)}
+        for t in trials
+        if t.state.is_finished() and "params" in t.user_attrs
+    ]
 
 
 def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> dict:
@@ -395,6 +436,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     """Run `options.trials` more trials on the study, then write best.json and trials.csv."""
     console = console or Console()
     space = load_space(options.space, options.max_params, options.trial_epochs)
+    results.check_writable(options.out)
     # Load once up front: bad data fails here, before any worker starts or trial is created.
     load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -419,12 +461,21 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     with Live(console=console, refresh_per_second=1) as live:
         for worker in workers:
             worker.start()
+        logged: set[int] = set()
         try:
             while any(w.is_alive() for w in workers):
-                live.update(progress_table(study.trials, started_with, options.trials, time.time() - start))
+                trials = study.trials
+                live.update(progress_table(trials, started_with, options.trials, time.time() - start))
+                if not console.is_terminal:  # a log file gets a line per finished trial
+                    for trial in trials[started_with:]:
+                        if trial.state.is_finished() and trial.number not in logged:
+                            console.print(trial_line(trial, time.time() - start))
+                            logged.add(trial.number)
                 time.sleep(1.0)
         except KeyboardInterrupt:
-            interrupted = True  # the workers got the same signal; they record their trials as failed
+            interrupted = True
+            for worker in workers:
+                worker.terminate()  # SIGTERM: the worker records its running trial as failed and exits
         for worker in workers:
             worker.join()
         live.update(progress_table(study.trials, started_with, options.trials, time.time() - start))
@@ -444,7 +495,8 @@ def _report(study: optuna.Study, space: SearchSpace, options: SearchOptions, con
     console.print(top_trials_table(trials))
     best_path = out / "best.json"
     results.write_json(best_path, best_record(study, space, options))
-    console.print(f"wrote {best_path} and {out / 'trials.csv'}; study journal: {redact(options.storage)}")
+    plots.plot_search(plot_rows(trials), space.max_params, out / "search.png")
+    console.print(f"wrote {best_path}, trials.csv and search.png to {out}; study: {redact(options.storage)}")
     console.print(f"next: python -m nas.retrain {best_path} --epochs 19")
 
 

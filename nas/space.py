@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -90,12 +91,12 @@ SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial
 
 def _type_name(kind: Any) -> str:
     if kind == Range:
-        return "[min, max] numbers"
+        return "[min, max] finite numbers"
     if kind == IntRange:
         return "[min, max] integers"
     if typing.get_origin(kind) is tuple:
         return f"a non-empty list of {typing.get_args(kind)[0].__name__}s"
-    return "an integer" if kind is int else "a number"
+    return "an integer" if kind is int else "a finite number"
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -104,7 +105,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     def is_a(v: Any, scalar: type) -> bool:
         if isinstance(v, bool):
             return False
-        return isinstance(v, int | float) if scalar is float else isinstance(v, scalar)
+        return isinstance(v, int | float) and math.isfinite(v) if scalar is float else isinstance(v, scalar)
 
     args = typing.get_args(kind)
     if kind in (Range, IntRange):

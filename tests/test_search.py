@@ -129,7 +129,7 @@ def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tmp_path
     assert len(trials) == 6 and sorted(t.number for t in trials) == list(range(6))
     assert all(t.state.is_finished() for t in trials)
     csv_rows = (out / "trials.csv").read_text().splitlines()
-    assert len(csv_rows) == 7 and csv_rows[0].startswith("number,state,params,macs,val_accuracy")
+    assert len(csv_rows) == 7 and csv_rows[0].startswith("number,outcome,params,macs,val_accuracy")
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited('heads = ["gap", "gap_fc", "fc"]', "heads = [1, 2]"), "architecture.heads", "list of strs"),
         (edited("blocks_per_stage = [1, 3]", "blocks_per_stage = [3, 1]"), "blocks_per_stage", "min 3 is greater"),
         (edited("dropout = [0.0, 0.15]", "dropout = [0.3, 0.1]"), "dropout", "min 0.3 is greater"),
-        (edited("max_lr = [0.02, 0.3]", "max_lr = [0.02]"), "max_lr", r"\[min, max\] numbers"),
+        (edited("max_lr = [0.02, 0.3]", "max_lr = [0.02]"), "max_lr", r"\[min, max\] finite numbers"),
         (edited('heads = ["gap", "gap_fc", "fc"]', 'heads = ["gap", "mlp"]'), "architecture.heads", "must be among"),
         (edited("stages = [2, 3]", "stages = [2, 7]"), "architecture.stages", "must lie in"),
         (edited("max_params = 20_000", "max_params = true"), "budget.max_params", "must be an integer"),

@@ -1,0 +1,206 @@
+"""Benchmark: the project's trainer against a seed-style PyTorch loop, and search throughput by --jobs.
+
+    python -m nas.bench                # about 5 minutes on 2 cores
+    python -m nas.bench --quick        # smaller workloads, for a smoke run
+
+Everything is measured in one run on one machine, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from nas import results
+from nas.data import Dataset, Split, load_dataset
+from nas.errors import cli
+from nas.model import Normalize
+from nas.search import SearchOptions, count_states, search
+from nas.space import DEFAULT_SPACE
+from nas.train import TrainConfig, evaluate, train
+
+
+def seed_004_net(dropout: float = 0.1) -> nn.Sequential:
+    """Seed 004's network, rebuilt from its torchsummary table (9,274 parameters).
+
+    Its README does not give the dropout rate; 0.1 is assumed. The baseline lives here, not in
+    the search space, because its conv-ReLU-BN order and unpadded tail are not genome features.
+    """
+
+    def block(c_in: int, c_out: int, padding: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=padding), nn.ReLU(), nn.BatchNorm2d(c_out)]
+
+    return nn.Sequential(
+        *block(1, 4), *block(4, 4), *block(4, 8), nn.Dropout(dropout), nn.MaxPool2d(2),
+        *block(8, 12), *block(12, 12), *block(12, 16), nn.MaxPool2d(2),
+        *block(16, 20, padding=0), nn.Conv2d(20, 10, 3), nn.AvgPool2d(3), nn.Flatten(),
+    )  # fmt: skip
+
+
+class PilMnist(torch.utils.data.Dataset):
+    """What the seeds do: one PIL image per item, converted and normalised by torchvision transforms."""
+
+    def __init__(self, split: Split, transform: transforms.Compose) -> None:
+        self.pixels = (split.images.squeeze(1) * 255).round().to(torch.uint8).numpy()
+        self.labels = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.pixels[index], mode="L")), self.labels[index]
+
+
+def seed_style_epoch(data: Dataset, warmup_batches: int) -> dict:
+    """One epoch as the seeds train: PIL Dataset, DataLoader at batch 128, Adam at 0.01."""
+    torch.manual_seed(0)
+    model = seed_004_net()
+    normalise = transforms.Normalize((data.mean,), (data.std,))
+    train_set = PilMnist(
+        data.train, transforms.Compose([transforms.RandomRotation(7.0), transforms.ToTensor(), normalise])
+    )
+    loader = DataLoader(train_set, batch_size=128, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    timed_samples, start = 0, None
+    for batch, (x, y) in enumerate(loader):
+        if batch == warmup_batches:
+            start, timed_samples = time.perf_counter(), 0
+        loss = F.nll_loss(F.log_softmax(model(x), dim=1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timed_samples += len(y)
+    train_rate = timed_samples / (time.perf_counter() - start)
+
+    start, correct = time.perf_counter(), 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in DataLoader(PilMnist(data.val, transforms.Compose([transforms.ToTensor(), normalise])), 1000):
+            correct += (model(x).argmax(1) == y).sum().item()
+    return {
+        "train_samples_per_s": train_rate,
+        "eval_samples_per_s": len(data.val) / (time.perf_counter() - start),
+        "val_accuracy_1_epoch": 100.0 * correct / len(data.val),
+    }
+
+
+def trainer_epoch(data: Dataset, warmup_batches: int) -> dict:
+    """One epoch of the same network with the project's trainer and its default recipe."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize(data.mean, data.std), seed_004_net())
+    config = TrainConfig(epochs=1, seed=0)
+    steps_per_epoch = -(-len(data.train) // config.batch_size)
+    marks: dict[str, float] = {}
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        if step == warmup_batches:
+            marks["start"] = time.perf_counter()
+        if step == steps:
+            marks["end"] = time.perf_counter()
+
+    # Validation at the epoch's end is timed separately below, so train() validates on one image.
+    train(model, dataclasses.replace(data, val=Split(data.val.images[:1], data.val.labels[:1])), config,
+          on_step=on_step)  # fmt: skip
+    timed = (steps_per_epoch - warmup_batches) * config.batch_size
+    start = time.perf_counter()
+    _, accuracy = evaluate(model, data.val)
+    return {
+        "train_samples_per_s": timed / (marks["end"] - marks["start"]),
+        "eval_samples_per_s": len(data.val) / (time.perf_counter() - start),
+        "val_accuracy_1_epoch": accuracy,
+    }
+
+
+def search_rate(jobs: int, trials: int, workdir: Path) -> dict:
+    """Completed trials per hour of a short search on full MNIST with `jobs` workers."""
+    options = SearchOptions(
+        trials=trials, space=DEFAULT_SPACE, max_params=None, trial_epochs=1, seed=0, data_dir=None,
+        val_size=10_000, storage=str(workdir / f"jobs{jobs}.journal"), study=f"bench-jobs{jobs}",
+        pruner="none", jobs=jobs, threads=max(1, (os.cpu_count() or 1) // jobs), timeout=None,
+        out=workdir / f"jobs{jobs}",
+    )  # fmt: skip
+    start = time.perf_counter()
+    study = search(options, console=Console(quiet=True))
+    seconds = time.perf_counter() - start
+    completed = count_states(study.trials)["complete"]
+    return {"jobs": jobs, "trials": trials, "completed": completed, "seconds": seconds,
+            "completed_per_hour": 3600 * completed / seconds}  # fmt: skip
+
+
+def peak_rss_mib() -> dict:
+    """Peak resident memory of this process and of the largest child process, MiB (Linux reports KiB)."""
+    to_mib = 1 / 1024 if sys.platform == "linux" else 1 / 2**20
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mib,
+        "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mib,
+    }
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nas.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k training images and 4-trial searches")
+    parser.add_argument("--trials", type=int, default=8, help="trials in each timed search")
+    parser.add_argument("--json", type=Path, default=Path("results/bench.json"), help="where to write the figures")
+    args = parser.parse_args(argv)
+    console = Console()
+    data = load_dataset(include_test=False)
+    if args.quick:
+        data = dataclasses.replace(data, train=Split(data.train.images[:10_000], data.train.labels[:10_000]))
+    warmup = 20
+    console.print(f"{len(data.train):,} training images, {torch.get_num_threads()} torch threads, seed 004's net")
+    seed = seed_style_epoch(data, warmup)
+    ours = trainer_epoch(data, warmup)
+    trials = 4 if args.quick else args.trials
+    with tempfile.TemporaryDirectory() as workdir:
+        searches = [search_rate(jobs, trials, Path(workdir)) for jobs in (1, 2)]
+    figures = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+        "versions": results.versions(),
+        "train_images": len(data.train),
+        "seed_style": seed,
+        "trainer": ours,
+        "train_speedup": ours["train_samples_per_s"] / seed["train_samples_per_s"],
+        "search": searches,
+        "jobs2_over_jobs1": searches[1]["completed_per_hour"] / searches[0]["completed_per_hour"],
+        "peak_rss_mib": peak_rss_mib(),
+    }  # fmt: skip
+    table = Table(title="nas.bench (one run, this machine)")
+    for column in ("measure", "seed-style loop", "nas trainer", "ratio"):
+        table.add_column(column, justify="right")
+    for key, label in (("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s")):
+        table.add_row(label, f"{seed[key]:,.0f}", f"{ours[key]:,.0f}", f"{ours[key] / seed[key]:.2f}x")
+    table.add_row("val acc after 1 epoch %", f"{seed['val_accuracy_1_epoch']:.2f}",
+                  f"{ours['val_accuracy_1_epoch']:.2f}", "")  # fmt: skip
+    one, two = searches
+    table.add_row(f"search trials/h ({trials} trials, 1 epoch)", f"jobs 1: {one['completed_per_hour']:.0f}",
+                  f"jobs 2: {two['completed_per_hour']:.0f}", f"{figures['jobs2_over_jobs1']:.2f}x")  # fmt: skip
+    rss = figures["peak_rss_mib"]
+    table.add_row("peak RSS MiB", f"self {rss['self']:.0f}", f"largest worker {rss['largest_child']:.0f}", "")
+    console.print(table)
+    results.write_json(args.json, figures)
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

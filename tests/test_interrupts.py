@@ -1,0 +1,75 @@
+"""A search killed or interrupted mid-trial loses nothing and resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+
+def start_search(tiny_dir: Path, out: Path, trials: int) -> subprocess.Popen:
+    # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
+    argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "30",
+            "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out), "--study", "s",
+            "--jobs", "1", "--pruner", "none", "--max-params", "6000"]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def trials(out: Path) -> list:
+    journal = out / "study.journal"
+    if not journal.exists():
+        return []
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        return optuna.load_study(study_name="s", storage=storage).trials
+    except KeyError:
+        return []
+
+
+def wait_for_a_running_trial_after_a_completed_one(out: Path, timeout: float = 120) -> list:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = trials(out)
+        states = [t.state for t in found]
+        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and found[-1].intermediate_values:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no running trial after a completed one within {timeout} s")
+
+
+def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(tiny_dir, tmp_path):
+    process = start_search(tiny_dir, tmp_path, trials=20)
+    before = wait_for_a_running_trial_after_a_completed_one(tmp_path)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)  # the worker dies with its parent (PR_SET_PDEATHSIG)
+    interrupted = before[-1].number
+    completed = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+
+    rerun = start_search(tiny_dir, tmp_path, trials=1)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    after = {t.number: t for t in trials(tmp_path)}
+    assert {n: after[n].value for n in completed} == completed
+    assert after[interrupted].state == TrialState.FAIL
+    assert after[interrupted].user_attrs["fail_reason"] == "worker died"
+    assert not [t for t in after.values() if t.state == TrialState.RUNNING]
+    assert len(after) == len(before) + 1
+    assert (tmp_path / "best.json").exists()
+
+
+def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tmp_path):
+    process = start_search(tiny_dir, tmp_path, trials=20)
+    running = wait_for_a_running_trial_after_a_completed_one(tmp_path)[-1].number
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    message = err.strip().splitlines()
+    assert len(message) == 1 and "Resume with: python -m nas.search" in message[0] and "Traceback" not in err
+    interrupted = next(t for t in trials(tmp_path) if t.number == running)
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
+    assert (tmp_path / "best.json").exists()

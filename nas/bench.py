@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials in each timed search")
     parser.add_argument("--json", type=Path, default=Path("results/bench.json"), help="where to write the figures")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True)
     data = load_dataset(include_test=False)
     if args.quick:
         data = dataclasses.replace(data, train=Split(data.train.images[:10_000], data.train.labels[:10_000]))

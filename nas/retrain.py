@@ -140,7 +140,7 @@ class RetrainOptions:
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     """Train the candidate, evaluate once on the test set, write the five result files."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long lines stay whole in log files
     candidate = load_candidate(options.best)
     max_params = options.max_params or candidate.max_params
     genome, params = candidate.genome, param_count(candidate.genome)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("best", type=Path, help="best.json written by nas.search")
     args = parser.parse_args(argv)
     candidate = load_candidate(args.best)
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(layer_table(candidate.genome))
     params = param_count(candidate.genome)
     console.print(

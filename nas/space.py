@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -200,7 +201,9 @@ def load_space(
         text = path.read_text()
     except OSError as error:
         raise UserError(f"{path}: cannot read the search space ({error.strerror}); check --space") from None
-    space = parse_space(text, str(path)).with_overrides(max_params, trial_epochs)
+    # Name it relative to the working directory when inside it, so results read the same on any clone.
+    where = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+    space = parse_space(text, where).with_overrides(max_params, trial_epochs)
     check_budget_reachable(space)
     return space
 

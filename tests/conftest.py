@@ -48,3 +48,34 @@ def tiny_data(tiny_dir: Path):
 def single_thread():
     """Tests run beside each other on 2 cores; one torch thread each keeps them predictable."""
     torch.set_num_threads(1)
+
+
+TINY_SPACE = """
+[budget]
+max_params = 20_000
+
+[architecture]
+stages = [2]
+blocks_per_stage = [1, 2]
+widths = [4, 8]
+transitions = [0, 4]
+dropout = [0.0, 0.1]
+heads = ["gap", "gap_fc"]
+
+[training]
+max_lr = [0.05, 0.2]
+batch_size = 64
+weight_decay = 5e-4
+
+[trial]
+epochs = 1
+reports_per_epoch = 2
+"""
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path) -> Path:
+    """A space whose every candidate fits the budget and trains in a fraction of a second."""
+    path = tmp_path / "tiny_space.toml"
+    path.write_text(TINY_SPACE)
+    return path

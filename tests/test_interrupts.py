@@ -11,11 +11,11 @@ import optuna
 from optuna.trial import TrialState
 
 
-def start_search(tiny_dir: Path, out: Path, trials: int) -> subprocess.Popen:
+def start_search(tiny_dir: Path, space: Path, out: Path, trials: int) -> subprocess.Popen:
     # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
     argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "30",
-            "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out), "--study", "s",
-            "--jobs", "1", "--pruner", "none", "--max-params", "6000"]  # fmt: skip
+            "--space", str(space), "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out),
+            "--study", "s", "--jobs", "1", "--pruner", "none"]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -41,8 +41,8 @@ def wait_for_a_running_trial_after_a_completed_one(out: Path, timeout: float = 1
     raise AssertionError(f"no running trial after a completed one within {timeout} s")
 
 
-def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(tiny_dir, tmp_path):
-    process = start_search(tiny_dir, tmp_path, trials=20)
+def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(tiny_dir, tiny_space, tmp_path):
+    process = start_search(tiny_dir, tiny_space, tmp_path, trials=20)
     before = wait_for_a_running_trial_after_a_completed_one(tmp_path)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -50,7 +50,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(t
     interrupted = before[-1].number
     completed = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
 
-    rerun = start_search(tiny_dir, tmp_path, trials=1)
+    rerun = start_search(tiny_dir, tiny_space, tmp_path, trials=1)
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     after = {t.number: t for t in trials(tmp_path)}
@@ -62,8 +62,8 @@ def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(t
     assert (tmp_path / "best.json").exists()
 
 
-def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tmp_path):
-    process = start_search(tiny_dir, tmp_path, trials=20)
+def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tiny_space, tmp_path):
+    process = start_search(tiny_dir, tiny_space, tmp_path, trials=20)
     running = wait_for_a_running_trial_after_a_completed_one(tmp_path)[-1].number
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

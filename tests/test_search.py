@@ -95,31 +95,15 @@ def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tiny_data):
     assert "nan" in study.trials[0].user_attrs["fail_reason"]
 
 
-def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tmp_path, capsys):
+def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_space, tmp_path, capsys):
     out = tmp_path / "study"
-    argv = [
-        "--trials",
-        "3",
-        "--trial-epochs",
-        "1",
-        "--data-dir",
-        str(tiny_dir),
-        "--val-size",
-        "300",
-        "--out",
-        str(out),
-        "--study",
-        "tiny",
-        "--jobs",
-        "2",
-        "--max-params",
-        "8000",
-    ]
+    argv = ["--trials", "3", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(out), "--study", "tiny", "--jobs", "2"]  # fmt: skip
     assert main(argv) == 0
     best = json.loads((out / "best.json").read_text())
-    assert param_count(Genome.from_dict(best["genome"])) == best["params"] <= 8000 == best["max_params"]
+    assert param_count(Genome.from_dict(best["genome"])) == best["params"] <= 20_000 == best["max_params"]
     assert 0 <= best["val_accuracy"] <= 100
-    assert best["space"]["text"] == DEFAULT_SPACE.read_text()
+    assert best["space"]["text"] == tiny_space.read_text()
     assert {"torch", "optuna"} <= set(best["versions"])
     assert best["data"]["dir"] == str(tiny_dir.resolve())
 
@@ -149,23 +133,9 @@ def test_bad_options_give_one_line_and_exit_2(extra, problem, tmp_path, capsys):
     assert "secret" not in err
 
 
-def test_resuming_with_another_space_is_refused(tiny_dir, tmp_path, capsys):
-    base = [
-        "--trials",
-        "1",
-        "--trial-epochs",
-        "1",
-        "--data-dir",
-        str(tiny_dir),
-        "--val-size",
-        "300",
-        "--out",
-        str(tmp_path),
-        "--study",
-        "s",
-        "--jobs",
-        "1",
-    ]
+def test_resuming_with_another_space_is_refused(tiny_dir, tiny_space, tmp_path, capsys):
+    base = ["--trials", "1", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(tmp_path), "--study", "s", "--jobs", "1"]  # fmt: skip
     assert main([*base, "--max-params", "8000"]) == 0
     journal = (tmp_path / "study.journal").read_bytes()
     assert main([*base, "--max-params", "9000"]) == 2

@@ -19,6 +19,7 @@ def write_bytes(path: Path, payload: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
             tmp.write(payload)
+        os.chmod(tmp.name, 0o644)  # a temporary file is private; a result is not
         os.replace(tmp.name, path)
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); choose a writable --out") from None

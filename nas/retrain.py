@@ -109,9 +109,9 @@ def export_frozen(model: nn.Module, path: Path) -> None:
     model = model.eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, IN_CHANNELS, INPUT_SIZE, INPUT_SIZE)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    tmp = path.with_name(f".tmp.{path.name}")  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    results.write_bytes(path, buffer.getvalue())
 
 
 def layer_names(model: nn.Module) -> list[str]:

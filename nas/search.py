@@ -87,6 +87,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        peak = worker_peak_rss_mib()
+        if peak is not None:  # recorded per trial, so memory growth across trials shows in the study
+            trial.set_user_attr("worker_peak_rss_mib", peak)
         genome = sample_genome(trial, self.space.architecture)
         params = param_count(genome)
         trial.set_user_attr("genome", genome.to_dict())
@@ -119,6 +122,16 @@ class Objective:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
         return reports[-1].val_accuracy
+
+
+def worker_peak_rss_mib() -> int | None:
+    """This process's peak resident memory since it started (Linux's VmHWM), MiB; None elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(kib) // 1024 if kib else None
 
 
 def run_trials(study: optuna.Study, objective: Objective, claim: Callable[[], bool]) -> None:
@@ -332,9 +345,9 @@ def trial_line(trial: FrozenTrial, elapsed: float) -> str:
     """One finished trial, for logs: number, outcome, accuracy, size."""
     accuracy = last_accuracy(trial)
     value = f"{accuracy:.2f}%" if accuracy is not None else "-"
-    reason = trial.user_attrs.get("fail_reason", "")
+    reason = f" ({trial.user_attrs['fail_reason']})" if "fail_reason" in trial.user_attrs else ""
     params = trial.user_attrs.get("params", 0)
-    return f"[{elapsed:6.0f} s] trial {trial.number}: {outcome(trial)} {reason}, val {value}, {params:,} params"
+    return f"[{elapsed:6.0f} s] trial {trial.number}: {outcome(trial)}{reason}, val {value}, {params:,} params"
 
 
 def progress_table(trials: list[FrozenTrial], started_with: int, requested: int, elapsed: float) -> Table:

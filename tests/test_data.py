@@ -6,7 +6,7 @@ import torch
 
 from nas.data import BUNDLED_MNIST, augment, load_dataset, read_idx, stratified_split
 from nas.errors import UserError
-from tests.conftest import write_idx, write_subset
+from tests.helpers import write_idx, write_subset
 
 
 def test_bundled_copy_matches_its_checksums():

@@ -1,21 +1,12 @@
 import json
 
-import optuna
 import pytest
 import torch
 
 from nas.errors import UserError
 from nas.genome import Genome, Stage, param_count
 from nas.model import build_model, count_macs
-from nas.search import sample_genome
-from nas.space import SPACES_DIR, load_space
-
-
-def random_genomes(space_file: str, n: int, seed: int = 0) -> list[Genome]:
-    """Genomes drawn uniformly from a shipped search space, as a search would draw them."""
-    space = load_space(SPACES_DIR / space_file)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    return [sample_genome(study.ask(), space.architecture) for _ in range(n)]
+from tests.helpers import random_genomes
 
 
 @pytest.mark.parametrize("space_file", ["mnist_20k.toml", "mnist_8k.toml"])

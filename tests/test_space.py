@@ -5,6 +5,7 @@ import pytest
 from nas.errors import UserError
 from nas.genome import param_count
 from nas.space import DEFAULT_SPACE, SPACES_DIR, load_space, parse_space
+from tests.helpers import random_genomes
 
 DEFAULT_TEXT = DEFAULT_SPACE.read_text()
 
@@ -62,8 +63,6 @@ def test_budget_below_smallest_architecture_is_refused_before_any_trial(tmp_path
 
 def test_smallest_genome_is_the_minimum_over_the_space():
     # Brute force over a small space: no sampled genome may have fewer parameters.
-    from tests.test_genome import random_genomes
-
     space = load_space(SPACES_DIR / "mnist_8k.toml")
     smallest = param_count(space.smallest_genome())
     assert all(param_count(g) >= smallest for g in random_genomes("mnist_8k.toml", 300))

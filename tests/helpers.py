@@ -1,0 +1,66 @@
+"""Helpers shared by the tests: tiny MNIST-format files, a tiny search space, random genomes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import optuna
+import torch
+
+from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from nas.genome import Genome
+from nas.search import sample_genome
+from nas.space import SPACES_DIR, load_space
+
+
+def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> Path:
+    """Write a uint8 tensor as an IDX file (gzipped unless told otherwise)."""
+    magic = IMAGES_MAGIC if array.dim() == 3 else LABELS_MAGIC
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.contiguous().numpy().tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        payload = gzip.compress(payload, mtime=0)
+    path.write_bytes(payload)
+    return path
+
+
+def write_subset(directory: Path, n_train: int, n_test: int) -> Path:
+    """The first images of the real MNIST files, as a small MNIST-format directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = {"train": n_train, "test": n_test}
+    for key, stem in FILE_STEMS.items():
+        tensor = read_idx(BUNDLED_MNIST / f"{stem}.gz")
+        write_idx(directory / stem, tensor[: sizes[key.split("_")[0]]])
+    return directory
+
+
+def random_genomes(space_file: str, n: int, seed: int = 0) -> list[Genome]:
+    """Genomes drawn uniformly from a shipped search space, as a search would draw them."""
+    space = load_space(SPACES_DIR / space_file)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [sample_genome(study.ask(), space.architecture) for _ in range(n)]
+
+
+TINY_SPACE = """
+[budget]
+max_params = 20_000
+
+[architecture]
+stages = [2]
+blocks_per_stage = [1, 2]
+widths = [4, 8]
+transitions = [0, 4]
+dropout = [0.0, 0.1]
+heads = ["gap", "gap_fc"]
+
+[training]
+max_lr = [0.05, 0.2]
+batch_size = 64
+weight_decay = 5e-4
+
+[trial]
+epochs = 1
+reports_per_epoch = 2
+"""

@@ -56,7 +56,7 @@ class PilMnist(torch.utils.data.Dataset):
     """What the seeds do: one PIL image per item, converted and normalised by torchvision transforms."""
 
     def __init__(self, split: Split, transform: transforms.Compose) -> None:
-        self.pixels = (split.images.squeeze(1) * 255).round().to(torch.uint8).numpy()
+        self.pixels = split.images.squeeze(1).numpy()
         self.labels = split.labels.tolist()
         self.transform = transform
 

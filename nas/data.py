@@ -29,13 +29,18 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class Split:
-    """Images as float tensors in [0, 1], shape N x 1 x 28 x 28, and int64 labels."""
+    """Images as uint8, N x 1 x 28 x 28 (a quarter of float32's memory), and int64 labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float pixels in [0, 1]: per batch, so the dataset stays small in memory."""
+    return images.float().div_(255)
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,17 @@ def data_directory(data_dir: Path | str | None) -> Path:
 
 
 def _as_split(images: torch.Tensor, labels: torch.Tensor) -> Split:
-    return Split(images.unsqueeze(1).float().div_(255), labels)
+    return Split(images.unsqueeze(1), labels)
+
+
+def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of uint8 images as pixels in [0, 1], exact, from a 256-bin histogram."""
+    counts = torch.bincount(images.flatten(), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum()
+    mean = (counts * values).sum() / n
+    variance = (counts * (values - mean) ** 2).sum() / (n - 1)
+    return mean.item(), variance.sqrt().item()
 
 
 def load_test_split(data_dir: Path | str | None = None) -> Split:
@@ -163,13 +178,13 @@ def load_dataset(
         raise UserError(f"validation size {val_size} must lie between 0 and {len(train_labels)}; change --val-size")
     train_idx, val_idx = stratified_split(train_labels, val_size, seed)
 
-    pixels = train_images.float().div_(255)
+    mean, std = pixel_statistics(train_images)
     return Dataset(
         train=_as_split(train_images[train_idx], train_labels[train_idx]),
         val=_as_split(train_images[val_idx], train_labels[val_idx]),
         test=load_test_split(directory) if include_test else None,
-        mean=pixels.mean().item(),
-        std=pixels.std().item(),
+        mean=mean,
+        std=std,
     )
 
 

@@ -276,12 +276,22 @@ def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: Trial
     study = load_study(options, space, sampler_seed=options.seed + index)
 
     def claim() -> bool:
+        return_freed_memory()
         return (deadline is None or time.time() < deadline) and slots.claim()
 
     try:
         run_trials(study, Objective(space, data, options.seed), claim)
     except KeyboardInterrupt:
         pass  # Optuna told the trial FAIL; the parent reports and exits
+
+
+def return_freed_memory() -> None:
+    """Hand memory that Python and torch freed back to the OS (glibc keeps it otherwise).
+
+    Measured here: a worker's resident memory crept up by ~3 MiB a trial without it.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -459,6 +469,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     results.check_writable(options.out)
     # Load once up front: bad data fails here, before any worker starts or trial is created.
     load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
+    return_freed_memory()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(options, space)
     orphaned = fail_orphaned_trials(study)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import Dataset, Split, augment
+from nas.data import Dataset, Split, augment, to_pixels
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,12 @@ class DivergedError(RuntimeError):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy in percent, in float32, the model left in eval mode."""
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(split), batch_size):
-        logits = model(split.images[start : start + batch_size]).float()
+        logits = model(to_pixels(split.images[start : start + batch_size])).float()
         labels = split.labels[start : start + batch_size]
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
@@ -106,7 +106,7 @@ def train(
         for step in range(1, steps_per_epoch + 1):
             model.train()
             batch = slice((step - 1) * config.batch_size, step * config.batch_size)
-            x, y = images[batch], labels[batch]
+            x, y = to_pixels(images[batch]), labels[batch]
             if config.augment_degrees or config.augment_shift:
                 x = augment(x, config.augment_degrees, config.augment_shift, generator)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):

@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import torch
 
-from nas.data import BUNDLED_MNIST, augment, load_dataset, read_idx, stratified_split
+from nas.data import BUNDLED_MNIST, augment, load_dataset, read_idx, stratified_split, to_pixels
 from nas.errors import UserError
 from tests.helpers import write_idx, write_subset
 
@@ -19,9 +19,11 @@ def test_tiny_dataset_shapes_split_and_statistics(tiny_data):
     assert tiny_data.train.images.shape == (900, 1, 28, 28)
     assert tiny_data.val.images.shape == (300, 1, 28, 28)
     assert tiny_data.test.images.shape == (300, 1, 28, 28)
-    assert 0 <= tiny_data.train.images.min() and tiny_data.train.images.max() <= 1
+    assert tiny_data.train.images.dtype == torch.uint8
     # Statistics of this dataset's training images, not MNIST's well-known constants.
-    assert 0.05 < tiny_data.mean < 0.25 and 0.2 < tiny_data.std < 0.45
+    pixels = to_pixels(torch.cat([tiny_data.train.images, tiny_data.val.images]))
+    assert tiny_data.mean == pytest.approx(pixels.mean().item(), rel=1e-5)
+    assert tiny_data.std == pytest.approx(pixels.std().item(), rel=1e-4)
 
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():
@@ -86,7 +88,7 @@ def test_search_data_leaves_out_the_test_set(tiny_dir):
 
 
 def test_augment_keeps_shape_and_moves_pixels(tiny_data):
-    images = tiny_data.train.images[:64]
+    images = to_pixels(tiny_data.train.images[:64])
     moved = augment(images, 7.0, 2.0, torch.Generator().manual_seed(0))
     assert moved.shape == images.shape
     assert 0 < (moved - images).abs().mean() and moved.sum().item() == pytest.approx(images.sum().item(), rel=0.1)

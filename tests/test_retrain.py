@@ -10,7 +10,7 @@ import torch
 from nas.errors import UserError
 from nas.genome import Genome, Stage, param_count
 from nas.model import build_model, with_normalisation
-from nas.retrain import RetrainOptions, main, parse_candidate, retrain
+from nas.retrain import SPEC_TESTS, RetrainOptions, main, parse_candidate, retrain
 
 RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
 TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout=0.05, head="gap")
@@ -156,3 +156,11 @@ def test_one_epoch_on_full_mnist_beats_95_percent(tmp_path):
     metrics = retrain(options)
     assert metrics["test_accuracy"] > 95.0
     assert spec_failures(tmp_path) == set()
+
+
+def test_shipped_spec_tests_are_the_current_template():
+    """A shipped test_model.py is a copy of nas/spec_tests.py; a stale copy would test with stale code."""
+    shipped = sorted((Path(__file__).parent.parent / "results").glob("*/test_model.py"))
+    assert shipped, "results/ ships at least one model"
+    for path in shipped:
+        assert path.read_bytes() == SPEC_TESTS.read_bytes(), f"regenerate {path}: cp nas/spec_tests.py {path}"

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,11 +170,15 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         try:
             # Heartbeats let a worker on another machine find a dead worker's trial, fail it and
             # queue a retry of the same parameters.
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except ImportError as error:
+            raise UserError(f"{redact(url)} needs a database driver ({error}); pip install -e '.[postgres]'") from None
         except Exception as error:  # SQLAlchemy raises many types for a bad URL or server
             raise UserError(f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage") from None
     path = Path(url)
@@ -225,7 +230,10 @@ def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
         study = load_study(options, space, options.seed)
     except KeyError:
-        optuna.create_study(study_name=options.study, storage=make_storage(options.storage), direction="maximize")
+        try:
+            optuna.create_study(study_name=options.study, storage=make_storage(options.storage), direction="maximize")
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # a worker on another machine created it first
         study = load_study(options, space, options.seed)
     recorded = study.user_attrs.get("space_sha256")
     if recorded is None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import optuna
 import torch
 
 from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from nas.genome import Genome
+from nas.genome import Genome, Stage, param_count
 from nas.search import sample_genome
 from nas.space import SPACES_DIR, load_space
 
@@ -64,3 +65,20 @@ weight_decay = 5e-4
 epochs = 1
 reports_per_epoch = 2
 """
+
+
+TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout=0.05, head="gap")
+
+
+def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:
+    """A best.json as nas.search writes it, for a chosen genome."""
+    document = {
+        "genome": genome.to_dict(),
+        "params": param_count(genome),
+        "max_params": max_params,
+        "train": {"max_lr": 0.1, "batch_size": 64, "weight_decay": 5e-4},
+        "data": {"dir": str(tiny_dir), "val_size": 300, "split_seed": 0},
+    }
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(document))
+    return path

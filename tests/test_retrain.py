@@ -8,26 +8,12 @@ import pytest
 import torch
 
 from nas.errors import UserError
-from nas.genome import Genome, Stage, param_count
+from nas.genome import Genome, param_count
 from nas.model import build_model, with_normalisation
 from nas.retrain import SPEC_TESTS, RetrainOptions, main, parse_candidate, retrain
+from tests.helpers import TINY_GENOME, best_json
 
 RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
-TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout=0.05, head="gap")
-
-
-def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:
-    """A best.json as nas.search writes it, for a chosen genome."""
-    document = {
-        "genome": genome.to_dict(),
-        "params": param_count(genome),
-        "max_params": max_params,
-        "train": {"max_lr": 0.1, "batch_size": 64, "weight_decay": 5e-4},
-        "data": {"dir": str(tiny_dir), "val_size": 300, "split_seed": 0},
-    }
-    path = tmp_path / "best.json"
-    path.write_text(json.dumps(document))
-    return path
 
 
 def run_retrain(tmp_path, tiny_dir, name, genome=TINY_GENOME, epochs=1, min_accuracy=0.0) -> dict:

@@ -44,7 +44,9 @@ RESULTS_DIR = Path("results")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-HEARTBEAT_SECONDS = 30  # database storages only; a trial silent for twice this is stale
+# Database storages only: a trial whose worker is silent for twice this is failed and retried.
+HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
+DATABASE_ATTEMPTS = 3
 
 
 def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
@@ -161,15 +163,25 @@ class TrialSlots:
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """A URL with a scheme is a database (RDB); anything else is a journal file path.
-
-    A journal file takes concurrent writers on one host (SQLite does not) and
-    optuna-dashboard opens it directly.
+    """A database storage for a URL, else a journal file: it takes concurrent writers on one
+    host (SQLite does not) and optuna-dashboard opens it directly.
     """
-    if "://" in url:
+    if is_database(url):
+        return _open_database(url)
+    path = Path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except OSError as error:
+        raise UserError(f"cannot write the study journal {path} ({error.strerror}); check --storage") from None
+
+
+def _open_database(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so any worker can fail a dead worker's trial and retry it."""
+    # Workers starting together on a new database race to create Optuna's tables; a loser's
+    # attempt fails, and succeeds on a retry once the tables exist.
+    for attempt in range(DATABASE_ATTEMPTS):
         try:
-            # Heartbeats let a worker on another machine find a dead worker's trial, fail it and
-            # queue a retry of the same parameters.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
@@ -180,13 +192,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         except ImportError as error:
             raise UserError(f"{redact(url)} needs a database driver ({error}); pip install -e '.[postgres]'") from None
         except Exception as error:  # SQLAlchemy raises many types for a bad URL or server
-            raise UserError(f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage") from None
-    path = Path(url)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    except OSError as error:
-        raise UserError(f"cannot write the study journal {path} ({error.strerror}); check --storage") from None
+            if attempt == DATABASE_ATTEMPTS - 1:
+                raise UserError(
+                    f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage"
+                ) from None
+            time.sleep(1.0)
+
+
+def is_database(url: str) -> bool:
+    """A URL with a scheme names a database; anything else is a journal file path."""
+    return "://" in url
 
 
 def redact(url: str) -> str:
@@ -480,7 +495,8 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     return_freed_memory()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(options, space)
-    orphaned = fail_orphaned_trials(study)
+    # A database has heartbeats: Optuna fails and retries a dead worker's trial itself.
+    orphaned = 0 if is_database(options.storage) else fail_orphaned_trials(study)
     if orphaned:
         console.print(f"marked {orphaned} trial(s) of a dead worker as failed")
     started_with = len(study.trials)

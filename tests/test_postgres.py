@@ -3,10 +3,12 @@
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -62,7 +64,7 @@ def test_two_workers_share_one_study_in_postgresql(postgres_url, tiny_dir, tiny_
                 "--jobs", "1", "--out", str(tmp_path / out)]  # fmt: skip
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    # The study must exist before two processes race to create it.
+    # Started together on an empty database: both race to create the schema and the study.
     first = worker("a")
     second = worker("b")
     for process in (first, second):
@@ -74,3 +76,36 @@ def test_two_workers_share_one_study_in_postgresql(postgres_url, tiny_dir, tiny_
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all("genome" in t.user_attrs and t.value is not None for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_dead_workers_trial_is_failed_by_heartbeat_and_retried(postgres_url, tiny_dir, tiny_space, tmp_path):
+    env = {**os.environ, "NAS_HEARTBEAT_SECONDS": "1"}
+
+    def worker(trial_epochs: int) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "nas.search", "--trials", "1", "--trial-epochs", str(trial_epochs),
+                "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+                "--storage", postgres_url, "--study", "retry", "--jobs", "1", "--out", str(tmp_path)]  # fmt: skip
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    doomed = worker(trial_epochs=500)  # a long trial, killed while it runs
+    deadline = time.time() + 120
+    while True:
+        try:
+            trials = optuna.load_study(study_name="retry", storage=postgres_url).trials
+        except KeyError:
+            trials = []
+        if trials and trials[0].intermediate_values:
+            break
+        assert time.time() < deadline, "the first worker never reported"
+        time.sleep(0.5)
+    os.kill(doomed.pid, signal.SIGKILL)  # its worker process dies with it
+    doomed.wait()
+    time.sleep(3)  # past the grace period of two heartbeats
+
+    rescuer = worker(trial_epochs=1)
+    _, err = rescuer.communicate(timeout=300)
+    assert rescuer.returncode == 0, err
+    dead, retried = optuna.load_study(study_name="retry", storage=postgres_url).trials
+    assert dead.state == TrialState.FAIL
+    assert retried.state == TrialState.COMPLETE and retried.params == dead.params
+    assert retried.system_attrs["failed_trial"] == dead.number

@@ -124,10 +124,11 @@ def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_spa
         (["--max-params", "100"], "over the budget of 100"),
         (["--data-dir", "/nonexistent/mnist"], "no such directory"),
         (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "cannot open storage"),
+        (["--out", "/proc/nas-results"], "choose a writable --out"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(extra, problem, tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "o"), *extra]) == 2
+    assert main(["--out", str(tmp_path / "o"), *extra]) == 2  # a later --out overrides this one
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1 and "Traceback" not in err
     assert "secret" not in err

@@ -229,11 +229,13 @@ def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_study(options: SearchOptions, space: SearchSpace, sampler_seed: int) -> optuna.Study:
+def load_study(
+    options: SearchOptions, space: SearchSpace, sampler_seed: int, storage: optuna.storages.BaseStorage
+) -> optuna.Study:
     """The study named in `options`; KeyError if it does not exist yet."""
     return optuna.load_study(
         study_name=options.study,
-        storage=make_storage(options.storage),
+        storage=storage,
         # constant_liar: workers sharing a study do not all sample around the same running trial.
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, constant_liar=True),
         pruner=make_pruner(options.pruner, space),
@@ -242,14 +244,15 @@ def load_study(options: SearchOptions, space: SearchSpace, sampler_seed: int) ->
 
 def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
     """Create the study or resume it; a study made with a different space is refused."""
+    storage = make_storage(options.storage)
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
-        study = load_study(options, space, options.seed)
+        study = load_study(options, space, options.seed, storage)
     except KeyError:
         try:
-            optuna.create_study(study_name=options.study, storage=make_storage(options.storage), direction="maximize")
+            optuna.create_study(study_name=options.study, storage=storage, direction="maximize")
         except optuna.exceptions.DuplicatedStudyError:
-            pass  # a worker on another machine created it first
-        study = load_study(options, space, options.seed)
+            pass  # another process, here or on another machine, created it first
+        study = load_study(options, space, options.seed, storage)
     recorded = study.user_attrs.get("space_sha256")
     if recorded is None:
         study.set_user_attr("space_sha256", space.sha256)
@@ -296,7 +299,7 @@ def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: Trial
     # Optuna would log each failed trial with a traceback; the parent prints one line per trial.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
-    study = load_study(options, space, sampler_seed=options.seed + index)
+    study = load_study(options, space, options.seed + index, make_storage(options.storage))
 
     def claim() -> bool:
         return_freed_memory()

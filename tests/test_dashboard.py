@@ -17,7 +17,7 @@ from nas.search import Objective, TrialSlots, make_storage, run_trials
 from nas.space import load_space
 from nas.train import Report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DASHBOARD = Path(sys.executable).with_name("optuna-dashboard")
 # Flags that keep Chromium off the network it cannot reach here, as root, without a screen.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -481,7 +481,7 @@ def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions)
             "val_size": options.val_size,
             "split_seed": options.seed,
         },
-        "space": {"path": space.path, "sha256": space.sha256, "text": Path(space.path).read_text()},
+        "space": {"path": space.path, "sha256": space.sha256, "text": space.text},
         "seed": options.seed,
         "command": "python -m nas.search " + " ".join(sys.argv[1:]),
         "versions": results.versions(),

@@ -57,7 +57,12 @@ class SearchSpace:
     training: TrainingSpace
     trial: TrialBudget
     path: str = ""  # where it was read from
-    sha256: str = ""  # of the file's bytes: a study records it and refuses a different space
+    text: str = ""  # the file as read, kept so results record exactly the space that was searched
+
+    @property
+    def sha256(self) -> str:
+        """Of the file's text: a study records it and refuses to resume with a different space."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
 
     def smallest_genome(self) -> Genome:
         """The architecture with the fewest parameters this space can produce."""
@@ -185,7 +190,7 @@ def parse_space(text: str, where: str) -> SearchSpace:
     space = SearchSpace(
         max_params=_coerce(budget["max_params"], int, f"{where}: budget.max_params"),
         path=where,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        text=text,
         **{name: _section(document[name], cls, f"{where}: {name}") for name, cls in SECTIONS.items()},
     )
     _check_values(space, where)

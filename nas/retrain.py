@@ -69,16 +69,15 @@ def parse_candidate(text: str, where: str) -> Candidate:
         genome = Genome.from_dict(_field(document, "genome", dict, where))
     except UserError as error:
         raise UserError(f"{where}: {error}") from None
-    data_dir = document.get("data", {}).get("dir") if isinstance(document.get("data"), dict) else None
     candidate = Candidate(
         genome=genome,
         max_params=_field(document, "max_params", int, where),
         max_lr=float(_field(document, "train.max_lr", (int, float), where)),
         batch_size=_field(document, "train.batch_size", int, where),
         weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
-        data_dir=data_dir if isinstance(data_dir, str) else None,
         val_size=_field(document, "data.val_size", int, where),
         split_seed=_field(document, "data.split_seed", int, where),
+        data_dir=_field(document, "data.dir", (str, type(None)), where),  # null: the bundled MNIST
     )
     params = param_count(genome)
     if params > candidate.max_params:

@@ -109,6 +109,7 @@ def test_generated_spec_tests_fail_on_bad_models(variant, expected_failure, tmp_
         (lambda d: {**d, "genome": {**d["genome"], "stages": [{"widths": [-4]}]}}, "positive"),
         (lambda d: {**d, "max_params": 100}, "over its budget of 100"),
         (lambda d: {**d, "max_params": "20k"}, "field 'max_params' has the wrong type"),
+        (lambda d: {**d, "data": {**d["data"], "dir": 5}}, "field 'data.dir' has the wrong type"),
     ],
 )
 def test_bad_best_json_is_one_line_and_exit_2(edit, problem, tmp_path, tiny_dir, capsys):

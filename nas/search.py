@@ -522,7 +522,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         logged: set[int] = set()
         try:
             while any(w.is_alive() for w in workers):
-                trials = study.trials
+                trials = study.get_trials(deepcopy=False)  # polled every second: read, never modified
                 live.update(progress_table(trials, started_with, options.trials, time.time() - start))
                 if not console.is_terminal:  # a log file gets a line per finished trial
                     for trial in trials[started_with:]:

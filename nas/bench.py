@@ -101,11 +101,11 @@ def seed_style_epoch(data: Dataset, warmup_batches: int) -> dict:
     }
 
 
-def trainer_epoch(data: Dataset, warmup_batches: int) -> dict:
+def trainer_epoch(data: Dataset, warmup_batches: int, processes: int) -> dict:
     """One epoch of the same network with the project's trainer and its default recipe."""
     torch.manual_seed(0)
     model = nn.Sequential(Normalize(data.mean, data.std), seed_004_net())
-    config = TrainConfig(epochs=1, seed=0)
+    config = TrainConfig(epochs=1, seed=0, processes=processes)
     marks: dict[str, float] = {}
 
     def on_step(epoch: int, step: int, steps: int) -> None:

@@ -188,13 +188,18 @@ def load_dataset(
     )
 
 
-def augment(images: torch.Tensor, max_degrees: float, max_shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation and translation of a whole batch in one affine resample."""
-    n = len(images)
+def random_affine(
+    n: int, max_degrees: float, max_shift: float, generator: torch.Generator, size: int = 28
+) -> torch.Tensor:
+    """n random rotations and translations of `size`-pixel images, as affine_grid's n x 2 x 3 matrices."""
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    # affine_grid works in [-1, 1] coordinates: one pixel is 2/28 of that range.
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2 / images.shape[-1]
+    # affine_grid works in [-1, 1] coordinates: one pixel is 2/size of that range.
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2 / size
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def augment(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image through its affine matrix (from `random_affine`), in one batched call."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

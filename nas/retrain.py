@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -135,6 +136,7 @@ class RetrainOptions:
     data_dir: Path | None
     max_params: int | None
     min_accuracy: float
+    processes: int = 1  # data-parallel training replicas (TrainConfig.processes)
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
@@ -154,11 +156,13 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         batch_size=candidate.batch_size,
         weight_decay=candidate.weight_decay,
         seed=options.seed,
+        processes=options.processes,
     )
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
     log = [
-        f"retrain {options.best}: {genome.describe()}, {params:,} params, {options.epochs} epochs, seed {options.seed}"
+        f"retrain {options.best}: {genome.describe()}, {params:,} params, {options.epochs} epochs, "
+        f"seed {options.seed}, {options.processes} training process(es)"
     ]
     console.print(log[0])
 
@@ -242,6 +246,12 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     parser.add_argument("--data-dir", type=Path, help="MNIST-format directory (default: the one the search used)")
     parser.add_argument("--max-params", type=int, help="parameter budget (default: best.json's)")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="data-parallel training processes, each with cores / N threads (default: 2, or 1 on one core)",
+    )
+    parser.add_argument(
         "--min-accuracy",
         type=float,
         default=DEFAULT_MIN_ACCURACY,
@@ -252,6 +262,8 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_params is not None and args.max_params < 1:
         raise UserError(f"--max-params must be positive, got {args.max_params}")
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1, got {args.processes}")
     return RetrainOptions(
         best=args.best,
         epochs=args.epochs,
@@ -260,6 +272,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         data_dir=args.data_dir,
         max_params=args.max_params,
         min_accuracy=args.min_accuracy,
+        processes=args.processes,
     )
 
 

@@ -37,13 +37,13 @@ from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
 from nas.genome import Genome, Stage, param_count
 from nas.model import build_model, count_macs, with_normalisation
+from nas.processes import die_with_parent, spawn
 from nas.space import DEFAULT_SPACE, ArchitectureSpace, SearchSpace, load_space
 from nas.train import DivergedError, Report, TrainConfig, train
 
 RESULTS_DIR = Path("results")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # Database storages only: a trial whose worker is silent for twice this is failed and retried.
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
 DATABASE_ATTEMPTS = 3
@@ -290,7 +290,7 @@ class SearchOptions:
 
 def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None) -> None:
     """One process of a run: its own data copy, its own thread budget, the shared study."""
-    _die_with_parent()
+    die_with_parent()
     # Ctrl-C reaches the whole process group; only the parent acts on it, then stops each worker
     # once with SIGTERM, so a second signal cannot cut a worker off while it records its trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -322,12 +322,6 @@ def return_freed_memory() -> None:
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to end this worker if the search process dies (even by kill -9)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def fail_orphaned_trials(study: optuna.Study) -> int:
@@ -508,10 +502,9 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         f"running {options.trials} more with {options.jobs} job(s), budget {space.max_params:,} params"
     )
     deadline = time.time() + options.timeout if options.timeout else None
-    context = mp.get_context("spawn")  # fork would share torch's thread pools between workers
-    slots = TrialSlots(options.trials, context)
+    slots = TrialSlots(options.trials, spawn)
     workers = [
-        context.Process(target=_worker, args=(i, options, space, slots, deadline), daemon=True)
+        spawn.Process(target=_worker, args=(i, options, space, slots, deadline), daemon=True)
         for i in range(options.jobs)
     ]
     start = time.time()

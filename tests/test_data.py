@@ -1,10 +1,11 @@
 import gzip
 import hashlib
+import math
 
 import pytest
 import torch
 
-from nas.data import BUNDLED_MNIST, augment, load_dataset, read_idx, stratified_split, to_pixels
+from nas.data import BUNDLED_MNIST, augment, load_dataset, random_affine, read_idx, stratified_split, to_pixels
 from nas.errors import UserError
 from tests.helpers import write_idx, write_subset
 
@@ -89,7 +90,15 @@ def test_search_data_leaves_out_the_test_set(tiny_dir):
 
 def test_augment_keeps_shape_and_moves_pixels(tiny_data):
     images = to_pixels(tiny_data.train.images[:64])
-    moved = augment(images, 7.0, 2.0, torch.Generator().manual_seed(0))
+    moved = augment(images, random_affine(64, 7.0, 2.0, torch.Generator().manual_seed(0)))
     assert moved.shape == images.shape
     assert 0 < (moved - images).abs().mean() and moved.sum().item() == pytest.approx(images.sum().item(), rel=0.1)
-    assert torch.allclose(augment(images, 0.0, 0.0, torch.Generator()), images, atol=1e-5)
+    assert torch.allclose(augment(images, random_affine(64, 0.0, 0.0, torch.Generator())), images, atol=1e-5)
+
+
+def test_random_affine_stays_within_its_limits():
+    theta = random_affine(1000, 7.0, 2.0, torch.Generator().manual_seed(0))
+    angles = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
+    assert angles.abs().max() <= math.radians(7.0) + 1e-6 and angles.abs().max() > math.radians(6.5)
+    shifts_px = theta[:, :, 2] * 28 / 2
+    assert shifts_px.abs().max() <= 2.0 + 1e-5 and shifts_px.abs().max() > 1.9

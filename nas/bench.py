@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         data = dataclasses.replace(data, train=Split(data.train.images[:10_000], data.train.labels[:10_000]))
     warmup = 20
+    processes = min(2, os.cpu_count() or 1)
     console.print(f"{len(data.train):,} training images, {torch.get_num_threads()} torch threads, seed 004's net")
     seed = seed_style_epoch(data, warmup)
-    ours = trainer_epoch(data, warmup)
+    trainers = {n: trainer_epoch(data, warmup, n) for n in sorted({1, processes})}
     trials = 4 if args.quick else args.trials
     with tempfile.TemporaryDirectory() as workdir:
         searches = [search_rate(jobs, trials, Path(workdir)) for jobs in (1, 2)]
@@ -198,26 +199,36 @@ def main(argv: list[str] | None = None) -> int:
         "versions": results.versions(),
         "train_images": len(data.train),
         "seed_style": seed,
-        "trainer": ours,
-        "train_speedup": ours["train_samples_per_s"] / seed["train_samples_per_s"],
+        "trainer_by_processes": trainers,
+        "train_speedup_by_processes": {n: t["train_samples_per_s"] / seed["train_samples_per_s"]
+                                       for n, t in trainers.items()},
         "search": searches,
         "jobs2_over_jobs1": searches[1]["completed_per_hour"] / searches[0]["completed_per_hour"],
         "peak_rss_mib": peak_rss_mib(),
     }  # fmt: skip
-    table = Table(title="nas.bench (one run, this machine)")
-    for column in ("measure", "seed-style loop", "nas trainer", "ratio"):
+    table = Table(title="One epoch of seed 004's net (nas.bench, one run, this machine)")
+    trainer_columns = [f"nas trainer, {n} process{'es' if n > 1 else ''}" for n in trainers]
+    for column in ("measure", "seed-style loop", *trainer_columns):
         table.add_column(column, justify="right")
     for key, label in (("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s")):
-        table.add_row(label, f"{seed[key]:,.0f}", f"{ours[key]:,.0f}", f"{ours[key] / seed[key]:.2f}x")
+        table.add_row(label, f"{seed[key]:,.0f}",
+                      *(f"{t[key]:,.0f} ({t[key] / seed[key]:.2f}x)" for t in trainers.values()))  # fmt: skip
     table.add_row("val acc after 1 epoch %", f"{seed['val_accuracy_1_epoch']:.2f}",
-                  f"{ours['val_accuracy_1_epoch']:.2f}", "")  # fmt: skip
-    one, two = searches
-    table.add_row(f"search trials/h ({trials} same-size trials, 1 epoch)", f"jobs 1: {one['completed_per_hour']:.0f}",
-                  f"jobs 2: {two['completed_per_hour']:.0f}", f"{figures['jobs2_over_jobs1']:.2f}x")  # fmt: skip
-    first, last = two["worker_peak_rss_mib_first_last"]
-    table.add_row("peak RSS MiB", f"bench process {figures['peak_rss_mib']}",
-                  f"search worker: {first} at its first trial, {last} at its last", "")  # fmt: skip
+                  *(f"{t['val_accuracy_1_epoch']:.2f}" for t in trainers.values()))  # fmt: skip
     console.print(table)
+    table = Table(title=f"Search, {trials} same-size 1-epoch trials")
+    for column in ("measure", "--jobs 1", "--jobs 2", "ratio"):
+        table.add_column(column, justify="right")
+    one, two = searches
+    table.add_row("completed trials/h", f"{one['completed_per_hour']:.0f}", f"{two['completed_per_hour']:.0f}",
+                  f"{figures['jobs2_over_jobs1']:.2f}x")  # fmt: skip
+    table.add_row(
+        "worker peak RSS MiB, first / last trial",
+        *("{} / {}".format(*search["worker_peak_rss_mib_first_last"]) for search in searches),
+        "",
+    )
+    console.print(table)
+    console.print(f"peak RSS of the bench process: {figures['peak_rss_mib']} MiB")
     results.write_json(args.json, figures)
     console.print(f"wrote {args.json}")
     return 0

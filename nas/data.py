@@ -201,5 +201,7 @@ def random_affine(
 
 def augment(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample each image through its affine matrix (from `random_affine`), in one batched call."""
+    if not len(images):
+        return images  # a replica's empty share of a short last batch; affine_grid refuses it
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

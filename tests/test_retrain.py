@@ -127,6 +127,7 @@ def test_bad_best_json_is_one_line_and_exit_2(edit, problem, tmp_path, tiny_dir,
 def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):
     path = best_json(tmp_path, tiny_dir)
     assert main([str(path), "--epochs", "0"]) == 2
+    assert main([str(path), "--processes", "0"]) == 2
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main([str(path), "--out", str(blocker / "sub")]) == 2
@@ -135,10 +136,10 @@ def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):
 
 @pytest.mark.slow
 def test_one_epoch_on_full_mnist_beats_95_percent(tmp_path):
-    """Seeds 000 and 002's CI check, on the shipped architecture and the project's trainer."""
+    """Seeds 000 and 002's CI check, on the shipped architecture and the project's trainer (2 replicas)."""
     shipped = Path(__file__).parent.parent / "results" / "mnist_20k" / "best.json"
     options = RetrainOptions(
-        best=shipped, epochs=1, out=tmp_path, seed=0, data_dir=None, max_params=None, min_accuracy=95.0
+        best=shipped, epochs=1, out=tmp_path, seed=0, data_dir=None, max_params=None, min_accuracy=95.0, processes=2
     )
     metrics = retrain(options)
     assert metrics["test_accuracy"] > 95.0

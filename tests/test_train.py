@@ -1,0 +1,97 @@
+"""The trainer, above all its data-parallel replicas: same gradient, reproducible, and never left running."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+
+import pytest
+import torch
+from torch import nn
+
+from nas import train as train_module
+from nas.model import build_model, with_normalisation
+from nas.train import DivergedError, TrainConfig, train
+from tests.helpers import TINY_GENOME
+
+
+def plain_net() -> nn.Module:
+    """No BatchNorm and no Dropout: its batch gradient does not depend on how the batch is split."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+
+
+EXACT = dict(epochs=1, batch_size=64, augment_degrees=0.0, augment_shift=0.0, bf16=False)
+
+
+def test_two_replicas_follow_the_same_path_as_one_process(tiny_data):
+    """Summed shares of the gradient are the batch gradient: the weights end where one process takes them."""
+    alone, split = plain_net(), plain_net()
+    reports_alone = train(alone, tiny_data, TrainConfig(**EXACT))
+    reports_split = train(split, tiny_data, TrainConfig(**EXACT, processes=2))
+    for a, b in zip(alone.state_dict().values(), split.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert reports_split[-1].train_loss == pytest.approx(reports_alone[-1].train_loss, rel=1e-4)
+    assert reports_split[-1].val_accuracy == reports_alone[-1].val_accuracy
+    assert multiprocessing.active_children() == []
+
+
+def test_replicas_are_reproducible_and_learn_as_one_process_does(tiny_data):
+    """BatchNorm sees each replica's share only, and dropout masks differ: close to one process, not equal."""
+
+    def run(processes: int) -> tuple[nn.Module, list]:
+        torch.manual_seed(0)
+        model = with_normalisation(build_model(TINY_GENOME), tiny_data.mean, tiny_data.std)
+        return model, train(model, tiny_data, TrainConfig(epochs=3, batch_size=64, max_lr=0.1, processes=processes))
+
+    (first, reports), (second, _), (_, alone) = run(2), run(2), run(1)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert reports[-1].train_loss < reports[0].train_loss
+    assert reports[-1].val_accuracy == pytest.approx(alone[-1].val_accuracy, abs=5.0)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_replicas_end_when_the_first_one_stops(tiny_data):
+    """A pruner raises from on_report in the first replica; the others must not be left waiting."""
+
+    def prune(report):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(build_model(TINY_GENOME), tiny_data, TrainConfig(epochs=1, batch_size=64, processes=2), prune)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_replica_that_dies_is_reported_not_waited_on_forever(tiny_data, monkeypatch):
+    monkeypatch.setattr(train_module, "REPLICA_TIMEOUT_SECONDS", 3)
+
+    def kill_the_other_replica(epoch, step, steps):
+        if step == 2:
+            for child in multiprocessing.active_children():
+                child.kill()
+
+    config = TrainConfig(epochs=1, batch_size=64, processes=2)
+    with pytest.raises(RuntimeError, match="a training replica stopped"):
+        train(build_model(TINY_GENOME), tiny_data, config, on_step=kill_the_other_replica)
+
+
+def test_divergence_is_raised_by_replicas_too(tiny_data):
+    with pytest.raises(DivergedError):
+        train(build_model(TINY_GENOME), tiny_data, TrainConfig(epochs=1, batch_size=64, max_lr=1e6, processes=2))
+    assert multiprocessing.active_children() == []
+
+
+def test_more_replicas_than_images_in_the_last_batch(tiny_data):
+    """900 images in batches of 449 leave a last batch of 2: with 3 replicas one share is empty."""
+    assert len(tiny_data.train) % 449 == 2
+    model = build_model(TINY_GENOME)
+    reports = train(model, tiny_data, TrainConfig(epochs=1, batch_size=449, processes=3))
+    assert len(reports) == 1 and math.isfinite(reports[0].val_loss)
+    assert all(torch.isfinite(value).all() for value in model.state_dict().values())

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": peak_rss_mib(),
     }  # fmt: skip
     table = Table(title="One epoch of seed 004's net (nas.bench, one run, this machine)")
-    trainer_columns = [f"nas trainer, {n} process{'es' if n > 1 else ''}" for n in trainers]
+    trainer_columns = [f"nas, {n} process{'es' if n > 1 else ''}" for n in trainers]
     for column in ("measure", "seed-style loop", *trainer_columns):
         table.add_column(column, justify="right")
     for key, label in (("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s")):

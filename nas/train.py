@@ -124,7 +124,7 @@ def train(
         return _train_replica(model, data, config, 0, group, on_report, on_step)
     except threading.BrokenBarrierError:
         codes = [helper.exitcode for helper in helpers]
-        raise RuntimeError(f"a training replica stopped (exit codes {codes}; a Python error is printed above)") from None
+        raise RuntimeError(f"a training replica stopped (exit codes {codes}; any Python error is above)") from None
     except BaseException:
         group.barrier.abort()  # replicas waiting at the barrier stop too
         raise

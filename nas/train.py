@@ -101,7 +101,8 @@ def train(
     `on_report` may raise to stop training early (a pruner does); the exception propagates.
     `on_step(epoch, step, steps_per_epoch)` follows every optimiser step, for progress bars.
     With `config.processes` > 1 this process is the first of the replicas; the others are
-    started here, get no callbacks, and end before this returns or raises.
+    started here, get no callbacks, and end before this returns or raises. While training, each
+    replica, this process included, runs torch.get_num_threads() // processes threads.
     """
     if config.processes == 1:
         return _train_replica(model, data, config, 0, None, on_report, on_step)

@@ -278,7 +278,16 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    retrain(parse_args(argv))
+    options = parse_args(argv)
+    try:
+        retrain(options)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; result files are written only after training, so {options.out} has no new model. "
+            f"Run again with: python -m nas.retrain {' '.join(sys.argv[1:])}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A search killed or interrupted mid-trial loses nothing and resumes."""
+"""A search killed or interrupted mid-trial loses nothing and resumes; an interrupted retrain stops cleanly."""
 
 import os
 import signal
@@ -73,3 +73,37 @@ def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tiny_
     interrupted = next(t for t in trials(tmp_path) if t.number == running)
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
     assert (tmp_path / "best.json").exists()
+
+
+def test_ctrl_c_stops_a_retrain_and_its_replicas_with_one_line(tiny_dir, tmp_path):
+    from tests.helpers import best_json
+
+    argv = [sys.executable, "-m", "nas.retrain", str(best_json(tmp_path, tiny_dir)), "--epochs", "200",
+            "--processes", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    # A terminal's Ctrl-C signals the whole foreground process group: the retrain and its replica.
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("epoch  2/"):
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    message = err.strip().splitlines()
+    assert len(message) == 1 and "Run again with: python -m nas.retrain" in message[0] and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.pt2").exists()
+    time.sleep(1)
+    assert live_processes_in_group(process.pid) == [], "a training replica outlived the interrupted retrain"
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Linux: processes of a process group that have not exited (zombies wait for a reaper, and do not count)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # exited while we looked
+        if int(group) == pgid and state != "Z":
+            live.append(int(stat.parent.name))
+    return live

@@ -32,7 +32,7 @@ from nas.data import Dataset, Split, load_dataset
 from nas.errors import cli
 from nas.model import Normalize
 from nas.search import SearchOptions, count_states, search
-from nas.train import TrainConfig, evaluate, train
+from nas.train import DEFAULT_PROCESSES, TrainConfig, evaluate, train
 
 
 def seed_004_net(dropout: float = 0.1) -> nn.Sequential:
@@ -186,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         data = dataclasses.replace(data, train=Split(data.train.images[:10_000], data.train.labels[:10_000]))
     warmup = 20
-    processes = min(2, os.cpu_count() or 1)
     console.print(f"{len(data.train):,} training images, {torch.get_num_threads()} torch threads, seed 004's net")
     seed = seed_style_epoch(data, warmup)
-    trainers = {n: trainer_epoch(data, warmup, n) for n in sorted({1, processes})}
+    trainers = {n: trainer_epoch(data, warmup, n) for n in sorted({1, DEFAULT_PROCESSES})}
     trials = 4 if args.quick else args.trials
     with tempfile.TemporaryDirectory() as workdir:
         searches = [search_rate(jobs, trials, Path(workdir)) for jobs in (1, 2)]

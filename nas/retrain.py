@@ -9,7 +9,6 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from nas.data import load_dataset
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
 from nas.model import build_model, count_macs, with_normalisation
-from nas.train import Report, TrainConfig, evaluate, train
+from nas.train import DEFAULT_PROCESSES, Report, TrainConfig, evaluate, train
 
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
@@ -248,7 +247,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     parser.add_argument(
         "--processes",
         type=int,
-        default=min(2, os.cpu_count() or 1),
+        default=DEFAULT_PROCESSES,
         help="data-parallel training processes, each with cores / N threads (default: 2, or 1 on one core)",
     )
     parser.add_argument(

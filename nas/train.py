@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,8 @@ from nas.processes import die_with_parent, spawn
 
 # A replica that waits this long for the others at a barrier gives up: one of them has died.
 REPLICA_TIMEOUT_SECONDS = 120
+# Replicas worth running here: two one-thread replicas beat one two-thread process on 2 cores.
+DEFAULT_PROCESSES = min(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Benchmark: the project's trainer against a seed-style PyTorch loop, and search throughput by --jobs.
 
-    python -m nas.bench                # about 4 minutes on 2 cores
+    python -m nas.bench                # about 5 minutes on 2 cores
     python -m nas.bench --quick        # smaller workloads, for a smoke run
 
-Everything is measured in one run on one machine, so the ratios compare like with like.
+Everything is measured in one run on one machine, so the ratios compare like with like. The
+run first re-times the trainer's settings on this CPU (nas.machine), prints them all with the
+one chosen, and refreshes the cached choice the trainer uses.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -27,12 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from nas import results
+from nas import machine, results
 from nas.data import Dataset, Split, load_dataset
 from nas.errors import cli
+from nas.machine import Setting
 from nas.model import Normalize
 from nas.search import SearchOptions, count_states, search
-from nas.train import DEFAULT_PROCESSES, TrainConfig, evaluate, train
+from nas.train import TrainConfig, evaluate, train
 
 
 def seed_004_net(dropout: float = 0.1) -> nn.Sequential:
@@ -101,11 +103,13 @@ def seed_style_epoch(data: Dataset, warmup_batches: int) -> dict:
     }
 
 
-def trainer_epoch(data: Dataset, warmup_batches: int, processes: int) -> dict:
-    """One epoch of the same network with the project's trainer and its default recipe."""
+def trainer_epoch(data: Dataset, warmup_batches: int, setting: Setting) -> dict:
+    """One epoch of the same network with the project's trainer, its default recipe, and `setting`."""
     torch.manual_seed(0)
     model = nn.Sequential(Normalize(data.mean, data.std), seed_004_net())
-    config = TrainConfig(epochs=1, seed=0, processes=processes)
+    config = TrainConfig(
+        epochs=1, seed=0, precision=setting.precision, channels_last=setting.channels_last, processes=setting.processes
+    )
     marks: dict[str, float] = {}
 
     def on_step(epoch: int, step: int, steps: int) -> None:
@@ -169,6 +173,20 @@ def search_rate(jobs: int, trials: int, workdir: Path) -> dict:
             "worker_peak_rss_mib_first_last": [peaks[0], peaks[-1]]}  # fmt: skip
 
 
+def settings_table(profile: machine.Profile, chosen: Setting) -> Table:
+    """Every setting timed, with the one the trainer will use here marked."""
+    table = Table(title=f"Trainer settings on {profile.cpu.describe()}")
+    for column in ("precision", "layout", "processes", "threads in all", "train samples/s", ""):
+        table.add_column(column, justify="right")
+    all_threads = max(rate.threads for rate in profile.rates)
+    for rate in profile.rates:
+        s = rate.setting
+        layout = "channels_last" if s.channels_last else "contiguous"
+        mark = "chosen" if s == chosen and rate.threads == all_threads else ""
+        table.add_row(s.precision, layout, str(s.processes), str(rate.threads), f"{rate.samples_per_s:,.0f}", mark)
+    return table
+
+
 def peak_rss_mib() -> int:
     """Peak resident memory of this process, MiB (Linux reports KiB, macOS bytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "linux" else 2**20)
@@ -186,27 +204,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         data = dataclasses.replace(data, train=Split(data.train.images[:10_000], data.train.labels[:10_000]))
     warmup = 20
-    console.print(f"{len(data.train):,} training images, {torch.get_num_threads()} torch threads, seed 004's net")
+    cpu = machine.this_cpu()
+    console.print(f"CPU: {cpu.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    console.print("timing the trainer's settings (reference net, random images)...")
+    profile = machine.measure(cpu)
+    chosen = profile.best()
+    console.print(settings_table(profile, chosen))
+    console.print(f"cached the choice in {machine.save(profile)}")
+    console.print(f"{len(data.train):,} training images, seed 004's net")
     seed = seed_style_epoch(data, warmup)
-    trainers = {n: trainer_epoch(data, warmup, n) for n in sorted({1, DEFAULT_PROCESSES})}
+    trainers = {chosen.describe(): trainer_epoch(data, warmup, chosen)}
     trials = 4 if args.quick else args.trials
     with tempfile.TemporaryDirectory() as workdir:
         searches = [search_rate(jobs, trials, Path(workdir)) for jobs in (1, 2)]
     figures = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {**profile.to_dict()["cpu"], "torch_threads": torch.get_num_threads()},
         "versions": results.versions(),
+        "settings": profile.to_dict()["rates"],
+        "chosen": dataclasses.asdict(chosen),
         "train_images": len(data.train),
         "seed_style": seed,
-        "trainer_by_processes": trainers,
-        "train_speedup_by_processes": {n: t["train_samples_per_s"] / seed["train_samples_per_s"]
-                                       for n, t in trainers.items()},
+        "trainer_by_setting": trainers,
+        "train_speedup_by_setting": {n: t["train_samples_per_s"] / seed["train_samples_per_s"]
+                                     for n, t in trainers.items()},
         "search": searches,
         "jobs2_over_jobs1": searches[1]["completed_per_hour"] / searches[0]["completed_per_hour"],
         "peak_rss_mib": peak_rss_mib(),
     }  # fmt: skip
-    table = Table(title="One epoch of seed 004's net (nas.bench, one run, this machine)")
-    trainer_columns = [f"nas, {n} process{'es' if n > 1 else ''}" for n in trainers]
+    table = Table(title=f"One epoch of seed 004's net (nas.bench, one run, {cpu.model}, {cpu.capability})")
+    trainer_columns = [f"nas, {name}" for name in trainers]
     for column in ("measure", "seed-style loop", *trainer_columns):
         table.add_column(column, justify="right")
     for key, label in (("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s")):

@@ -1,6 +1,6 @@
 """Retrain a searched architecture in full, test it once, and export it frozen with spec tests.
 
-python -m nas.retrain results/mnist_20k/best.json --epochs 19
+python -m nas.retrain runs/mnist_20k/best.json --epochs 19
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from nas import plots, results
 from nas.data import load_dataset
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
+from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
-from nas.train import DEFAULT_PROCESSES, Report, TrainConfig, evaluate, train
+from nas.train import Report, TrainConfig, evaluate, train
 
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
@@ -135,7 +136,8 @@ class RetrainOptions:
     data_dir: Path | None
     max_params: int | None
     min_accuracy: float
-    processes: int = 1  # data-parallel training replicas (TrainConfig.processes)
+    processes: int | None = None  # data-parallel training replicas; None: as measured on this machine
+    precision: str = "auto"  # TrainConfig.precision
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
@@ -155,13 +157,14 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         batch_size=candidate.batch_size,
         weight_decay=candidate.weight_decay,
         seed=options.seed,
+        precision=options.precision,
         processes=options.processes,
-    )
+    ).resolved()
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
     log = [
         f"retrain {options.best}: {genome.describe()}, {params:,} params, {options.epochs} epochs, "
-        f"seed {options.seed}, {options.processes} training process(es)"
+        f"seed {options.seed}, {config.precision}, {config.processes} training process(es)"
     ]
     console.print(log[0])
 
@@ -247,8 +250,13 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     parser.add_argument(
         "--processes",
         type=int,
-        default=DEFAULT_PROCESSES,
-        help="data-parallel training processes, each with cores / N threads (default: 2, or 1 on one core)",
+        help="data-parallel training processes, each with cores / N threads (default: the faster here, measured)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="fp32, or bf16 autocast (default auto: the faster on this CPU, measured once and cached)",
     )
     parser.add_argument(
         "--min-accuracy",
@@ -261,7 +269,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_params is not None and args.max_params < 1:
         raise UserError(f"--max-params must be positive, got {args.max_params}")
-    if args.processes < 1:
+    if args.processes is not None and args.processes < 1:
         raise UserError(f"--processes must be at least 1, got {args.processes}")
     return RetrainOptions(
         best=args.best,
@@ -272,6 +280,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         max_params=args.max_params,
         min_accuracy=args.min_accuracy,
         processes=args.processes,
+        precision=args.precision,
     )
 
 

@@ -32,17 +32,20 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nas import plots, results
+from nas import machine, plots, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
 from nas.genome import Genome, Stage, param_count
+from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
 from nas.processes import die_with_parent, spawn
 from nas.space import DEFAULT_SPACE, ArchitectureSpace, SearchSpace, load_space
 from nas.train import DivergedError, Report, TrainConfig, train
 
-RESULTS_DIR = Path("results")
+# A user's runs go here, git-ignored; results/ holds the shipped records and changes only on purpose.
+RUNS_DIR = Path("runs")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
+MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
 # Database storages only: a trial whose worker is silent for twice this is failed and retried.
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
@@ -64,8 +67,11 @@ def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
     )
 
 
-def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int) -> TrainConfig:
-    """The short training run a candidate gets: the space's trial budget and a sampled learning rate."""
+def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int, precision: str = "auto") -> TrainConfig:
+    """The short training run a candidate gets: the space's trial budget and a sampled learning rate.
+
+    One process per trial: the search's parallelism is its worker processes.
+    """
     return TrainConfig(
         epochs=space.trial.epochs,
         max_lr=trial.suggest_float("max_lr", *space.training.max_lr, log=True),
@@ -73,6 +79,8 @@ def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int) -> TrainCon
         weight_decay=space.training.weight_decay,
         reports_per_epoch=space.trial.reports_per_epoch,
         seed=seed + trial.number,
+        precision=precision,
+        processes=1,
     )
 
 
@@ -86,6 +94,7 @@ class Objective:
     space: SearchSpace
     data: Dataset
     seed: int
+    precision: str = "auto"  # TrainConfig.precision
     train_fn: TrainFn = train  # replaceable so a test can spy on what reaches training
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -101,8 +110,14 @@ class Objective:
         if params > self.space.max_params:
             trial.set_user_attr("prune_reason", "over budget")
             raise optuna.TrialPruned(f"{params:,} parameters > budget {self.space.max_params:,}")
-        trial.set_user_attr("macs", count_macs(genome))
-        config = trial_config(trial, self.space, self.seed)
+        macs = count_macs(genome)
+        trial.set_user_attr("macs", macs)
+        if self.space.max_macs is not None:
+            trial.set_constraint(MACS_CONSTRAINT, macs - self.space.max_macs)
+            if macs > self.space.max_macs:
+                trial.set_user_attr("prune_reason", "over budget")
+                raise optuna.TrialPruned(f"{macs:,} MACs > budget {self.space.max_macs:,}")
+        config = trial_config(trial, self.space, self.seed, self.precision)
         torch.manual_seed(config.seed)  # weight initialisation
         model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
 
@@ -116,6 +131,7 @@ class Objective:
                 trial.set_user_attr("prune_reason", "pruner")
                 raise optuna.TrialPruned(f"pruned at epoch {report.epoch:.2f}")
 
+        start = time.perf_counter()
         try:
             reports = self.train_fn(model, self.data, config, on_report)
         except DivergedError as error:
@@ -124,6 +140,8 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
+        finally:
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 1))
         return reports[-1].val_accuracy
 
 
@@ -258,12 +276,18 @@ def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
         study.set_user_attr("space_sha256", space.sha256)
         study.set_user_attr("space_path", space.path)
         study.set_user_attr("max_params", space.max_params)
+        study.set_user_attr("max_macs", space.max_macs)
         study.set_user_attr("seed", options.seed)
-    elif recorded != space.sha256 or study.user_attrs.get("max_params") != space.max_params:
+    elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
+        space.sha256,
+        space.max_params,
+        space.max_macs,
+    ):
         raise UserError(
             f"study {options.study!r} in {redact(options.storage)} was made with another search space "
-            f"or budget ({study.user_attrs.get('space_path')}, max {study.user_attrs.get('max_params'):,}); "
-            "pass the same --space/--max-params, or a new --study name"
+            f"or budget ({study.user_attrs.get('space_path')}, max {study.user_attrs.get('max_params'):,} params, "
+            f"max MACs {study.user_attrs.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
+            "or a new --study name"
         )
     return study
 
@@ -286,6 +310,8 @@ class SearchOptions:
     threads: int
     timeout: float | None
     out: Path
+    max_macs: int | None = None
+    precision: str = "auto"  # TrainConfig.precision
 
 
 def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None) -> None:
@@ -306,7 +332,7 @@ def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: Trial
         return (deadline is None or time.time() < deadline) and slots.claim()
 
     try:
-        run_trials(study, Objective(space, data, options.seed), claim)
+        run_trials(study, Objective(space, data, options.seed, options.precision), claim)
     except KeyboardInterrupt:
         pass  # Optuna told the trial FAIL; the parent reports and exits
 
@@ -417,16 +443,16 @@ def top_trials_table(trials: list[FrozenTrial], top: int = 10) -> Table:
     return table
 
 
-CSV_COLUMNS = ("number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "fail_reason", "architecture")
+CSV_COLUMNS = (
+    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason", "architecture",
+)  # fmt: skip
 
 
 def trials_csv(trials: list[FrozenTrial]) -> str:
-    """Every trial: number, outcome, params, MACs, validation accuracy, epochs run, why it failed."""
+    """Every trial: number, outcome, size, validation accuracy, epochs and seconds trained, why it failed."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        ["number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "fail_reason", "architecture"]
-    )
+    writer.writerow(CSV_COLUMNS)
     for t in trials:
         attrs = t.user_attrs
         accuracy = last_accuracy(t)
@@ -437,6 +463,7 @@ def trials_csv(trials: list[FrozenTrial]) -> str:
             attrs.get("macs", ""),
             f"{accuracy:.2f}" if accuracy is not None else "",
             attrs.get("epochs_run", ""),
+            attrs.get("train_seconds", ""),
             attrs.get("fail_reason", ""),
             Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else "",
         ])  # fmt: skip
@@ -485,8 +512,11 @@ def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions)
 def search(options: SearchOptions, console: Console | None = None) -> optuna.Study:
     """Run `options.trials` more trials on the study, then write best.json and trials.csv."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
-    space = load_space(options.space, options.max_params, options.trial_epochs)
+    space = load_space(options.space, options.max_params, options.trial_epochs, options.max_macs)
     results.check_writable(options.out)
+    # Timed here, once, before the workers start: they read the cached figures instead of
+    # timing each other's load.
+    machine.profile(announce=console.print)
     # Load once up front: bad data fails here, before any worker starts or trial is created.
     load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     return_freed_memory()
@@ -500,6 +530,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     console.print(
         f"study [bold]{options.study}[/] in {redact(options.storage)}: {started_with} trials so far; "
         f"running {options.trials} more with {options.jobs} job(s), budget {space.max_params:,} params"
+        + (f" and {space.max_macs:,} MACs" if space.max_macs else "")
     )
     deadline = time.time() + options.timeout if options.timeout else None
     slots = TrialSlots(options.trials, spawn)
@@ -557,26 +588,33 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search-space TOML file")
     parser.add_argument("--max-params", type=int, help="parameter budget (overrides the space file)")
+    parser.add_argument("--max-macs", type=int, help="multiply-accumulates per image (overrides the space file)")
     parser.add_argument("--trial-epochs", type=int, help="training epochs per trial (overrides the space file)")
     parser.add_argument("--seed", type=int, default=0, help="sampler, validation split and training seed")
     parser.add_argument("--data-dir", type=Path, help="directory with the four MNIST-format IDX files")
     parser.add_argument("--val-size", type=int, default=10_000, help="training images held out for validation")
     parser.add_argument("--study", help="study name (default: the space file's name)")
-    parser.add_argument("--storage", help="journal file path or database URL (default results/<study>/study.journal)")
+    parser.add_argument("--storage", help="journal file path or database URL (default runs/<study>/study.journal)")
     parser.add_argument("--pruner", choices=PRUNERS, default="median")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
-    parser.add_argument("--out", type=Path, help="result folder (default results/<study>)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="fp32, or bf16 autocast (default auto: the faster on this CPU, measured once and cached)",
+    )
+    parser.add_argument("--out", type=Path, help="result folder (default runs/<study>)")
     args = parser.parse_args(argv)
     for name in ("trials", "jobs", "val_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("trial_epochs", "threads", "max_params", "timeout"):
+    for name in ("trial_epochs", "threads", "max_params", "max_macs", "timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     study = args.study or args.space.stem
-    out = args.out or RESULTS_DIR / study
+    out = args.out or RUNS_DIR / study
     return SearchOptions(
         trials=args.trials,
         space=args.space,
@@ -592,6 +630,8 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
         timeout=args.timeout,
         out=out,
+        max_macs=args.max_macs,
+        precision=args.precision,
     )
 
 

@@ -56,6 +56,7 @@ class SearchSpace:
     architecture: ArchitectureSpace
     training: TrainingSpace
     trial: TrialBudget
+    max_macs: int | None = None  # multiply-accumulates per image; larger candidates are pruned before training
     path: str = ""  # where it was read from
     text: str = ""  # the file as read, kept so results record exactly the space that was searched
 
@@ -81,17 +82,21 @@ class SearchSpace:
         )
         return min(candidates, key=param_count)
 
-    def with_overrides(self, max_params: int | None = None, trial_epochs: int | None = None) -> SearchSpace:
-        """The same space with command-line overrides of the budget and the trial length."""
+    def with_overrides(
+        self, max_params: int | None = None, trial_epochs: int | None = None, max_macs: int | None = None
+    ) -> SearchSpace:
+        """The same space with command-line overrides of the budgets and the trial length."""
         space = self
         if max_params is not None:
             space = dataclasses.replace(space, max_params=max_params)
+        if max_macs is not None:
+            space = dataclasses.replace(space, max_macs=max_macs)
         if trial_epochs is not None:
             space = dataclasses.replace(space, trial=dataclasses.replace(space.trial, epochs=trial_epochs))
         return space
 
 
-# The file's layout: [budget] max_params, then one table per section dataclass.
+# The file's layout: [budget] max_params (and optionally max_macs), then one table per section dataclass.
 SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
 
 
@@ -151,6 +156,7 @@ def _check_values(space: SearchSpace, where: str) -> None:
     arch, training, trial = space.architecture, space.training, space.trial
     checks = [
         (space.max_params > 0, "budget.max_params must be positive"),
+        (space.max_macs is None or space.max_macs > 0, "budget.max_macs must be positive"),
         (
             all(1 <= n <= MAX_STAGES for n in arch.stages),
             f"architecture.stages must lie in 1..{MAX_STAGES} ({INPUT_SIZE} px input)",
@@ -185,10 +191,11 @@ def parse_space(text: str, where: str) -> SearchSpace:
     if missing:
         raise UserError(f"{where}: missing table [{missing[0]}]")
     budget = document["budget"]
-    if not isinstance(budget, dict) or set(budget) != {"max_params"}:
-        raise UserError(f"{where}: [budget] must hold exactly one key, max_params")
+    if not isinstance(budget, dict) or "max_params" not in budget or set(budget) - {"max_params", "max_macs"}:
+        raise UserError(f"{where}: [budget] must hold max_params and optionally max_macs, nothing else")
     space = SearchSpace(
         max_params=_coerce(budget["max_params"], int, f"{where}: budget.max_params"),
+        max_macs=_coerce(budget["max_macs"], int, f"{where}: budget.max_macs") if "max_macs" in budget else None,
         path=where,
         text=text,
         **{name: _section(document[name], cls, f"{where}: {name}") for name, cls in SECTIONS.items()},
@@ -198,7 +205,10 @@ def parse_space(text: str, where: str) -> SearchSpace:
 
 
 def load_space(
-    path: Path | str = DEFAULT_SPACE, max_params: int | None = None, trial_epochs: int | None = None
+    path: Path | str = DEFAULT_SPACE,
+    max_params: int | None = None,
+    trial_epochs: int | None = None,
+    max_macs: int | None = None,
 ) -> SearchSpace:
     """Read a search-space file, apply command-line overrides, and check the budget is reachable."""
     path = Path(path)
@@ -208,7 +218,7 @@ def load_space(
         raise UserError(f"{path}: cannot read the search space ({error.strerror}); check --space") from None
     # Name it relative to the working directory when inside it, so results read the same on any clone.
     where = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    space = parse_space(text, where).with_overrides(max_params, trial_epochs)
+    space = parse_space(text, where).with_overrides(max_params, trial_epochs, max_macs)
     check_budget_reachable(space)
     return space
 

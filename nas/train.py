@@ -1,10 +1,11 @@
 """Training and evaluation on in-memory tensors. Knows nothing of Optuna: it reports to a callback.
 
 With `processes` > 1 training is data-parallel: each replica process trains on its share of
-every batch with one torch thread (on 2 cores), and the replicas sum their gradients through
+every batch with cores / processes torch threads, and the replicas sum their gradients through
 shared memory. These networks' small convolutions and BatchNorms split badly across threads,
-so two single-threaded replicas train about 1.5x faster than one process with two threads
-(README, Performance).
+so on some CPUs two single-threaded replicas train faster than one process with two threads.
+Whether they do, and whether bf16 autocast or channels-last pays, is measured per machine
+(nas.machine); a config leaves each choice to that measurement unless it forces it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas import machine
 from nas.data import Dataset, Split, augment, random_affine, to_pixels
 from nas.processes import die_with_parent, spawn
 
 # A replica that waits this long for the others at a barrier gives up: one of them has died.
 REPLICA_TIMEOUT_SECONDS = 120
-# Replicas worth running here: two one-thread replicas beat one two-thread process on 2 cores.
-DEFAULT_PROCESSES = min(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,27 @@ class TrainConfig:
     augment_degrees: float = 7.0  # max random rotation, degrees; 0 turns augmentation off
     augment_shift: float = 2.0  # max random translation, pixels
     reports_per_epoch: int = 1  # validation evaluations per epoch, each passed to `on_report`
-    bf16: bool = True  # bfloat16 autocast: faster convolutions on AVX-512 CPUs (README, Performance)
     seed: int = 0  # data order, augmentation and dropout
-    processes: int = 1  # data-parallel replicas sharing each batch, each with cores / processes threads
+    # How it runs on this machine; None or "auto" leaves the choice to nas.machine's measurement.
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto"
+    channels_last: bool | None = None  # memory format of activations and conv weights
+    processes: int | None = None  # data-parallel replicas sharing each batch, each with cores / processes threads
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.batch_size, self.reports_per_epoch, self.processes) < 1:
+        if min(self.epochs, self.batch_size, self.reports_per_epoch, self.processes or 1) < 1:
             raise ValueError("epochs, batch_size, reports_per_epoch and processes must be at least 1")
         if not self.max_lr > 0:
             raise ValueError("max_lr must be positive")
+        if self.precision not in ("auto", *machine.PRECISIONS):
+            raise ValueError(f"precision must be auto, {' or '.join(machine.PRECISIONS)}, got {self.precision!r}")
+
+    def resolved(self) -> TrainConfig:
+        """This config with precision, layout and replica count settled: as forced, else as measured here."""
+        if self.precision != "auto" and self.channels_last is not None and self.processes is not None:
+            return self
+        best = machine.profile().best(self.precision, self.processes)
+        layout = best.channels_last if self.channels_last is None else self.channels_last
+        return dataclasses.replace(self, precision=best.precision, channels_last=layout, processes=best.processes)
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,11 @@ def train(
 
     `on_report` may raise to stop training early (a pruner does); the exception propagates.
     `on_step(epoch, step, steps_per_epoch)` follows every optimiser step, for progress bars.
-    With `config.processes` > 1 this process is the first of the replicas; the others are
+    With more than one process this process is the first of the replicas; the others are
     started here, get no callbacks, and end before this returns or raises. While training, each
     replica, this process included, runs torch.get_num_threads() // processes threads.
     """
+    config = config.resolved()
     if config.processes == 1:
         return _train_replica(model, data, config, 0, None, on_report, on_step)
     threads = max(1, torch.get_num_threads() // config.processes)
@@ -202,7 +214,8 @@ def _train_replica(
     # they agree on each batch; dropout masks come from each replica's own global seed.
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed + rank)
-    model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(
         params, lr=config.max_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
@@ -233,8 +246,8 @@ def _train_replica(
                 theta = random_affine(last - first, config.augment_degrees, config.augment_shift, generator)
                 x = augment(x, theta[mine.start - first : mine.stop - first])
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits = model(x.contiguous(memory_format=torch.channels_last))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                logits = model(x.contiguous(memory_format=layout))
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
             (loss / (last - first)).backward()  # this replica's part of the batch's mean loss
             totals = torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float()])

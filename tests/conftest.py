@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from nas import machine
 from nas.data import load_dataset
-from tests.helpers import TINY_SPACE, write_subset
+from tests.helpers import TINY_SPACE, fake_profile, write_subset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_profile(tmp_path_factory: pytest.TempPathFactory):
+    """A cached profile in a private cache (fp32, one process), so no test times this machine by accident.
+
+    Set in the environment, so the commands the tests run as subprocesses read it too;
+    tests/test_machine.py times the real settings.
+    """
+    previous = os.environ.get("NAS_CACHE_DIR")
+    os.environ["NAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("nas_cache"))
+    machine.save(fake_profile(fp32=2000, bf16=500, one_process=2000, two_processes=1500))
+    yield
+    if previous is None:
+        del os.environ["NAS_CACHE_DIR"]
+    else:
+        os.environ["NAS_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

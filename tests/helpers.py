@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from nas import machine
 from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from nas.genome import Genome, Stage, param_count
 from nas.search import sample_genome
@@ -82,3 +83,20 @@ def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_
     path = tmp_path / "best.json"
     path.write_text(json.dumps(document))
     return path
+
+
+def fake_profile(fp32: float, bf16: float, one_process: float, two_processes: float | None) -> machine.Profile:
+    """This CPU's profile as if measured so: channels_last 10% faster than contiguous, the split timed
+    in fp32 (no split on one core: `two_processes` None).
+    """
+    rates = [
+        machine.Rate(machine.Setting(precision, layout, 1), 1, rate * (1.1 if layout else 1.0))
+        for precision, rate in (("fp32", fp32), ("bf16", bf16))
+        for layout in (True, False)
+    ]
+    if two_processes is not None:
+        rates += [
+            machine.Rate(machine.Setting("fp32", True, n), 2, rate)
+            for n, rate in ((1, one_process), (2, two_processes))
+        ]
+    return machine.Profile(machine.this_cpu(), torch.__version__, tuple(rates))

@@ -5,7 +5,16 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.genome import Genome, param_count
-from nas.search import BUDGET_CONSTRAINT, Objective, TrialSlots, count_states, main, run_trials
+from nas.search import (
+    BUDGET_CONSTRAINT,
+    CSV_COLUMNS,
+    MACS_CONSTRAINT,
+    Objective,
+    TrialSlots,
+    count_states,
+    main,
+    run_trials,
+)
 from nas.space import DEFAULT_SPACE, load_space
 from nas.train import DivergedError, Report
 
@@ -64,6 +73,23 @@ def test_over_budget_candidates_never_reach_the_trainer(tiny_data):
         assert param_count(Genome.from_dict(t.user_attrs["genome"])) == t.user_attrs["params"]
 
 
+def test_a_macs_budget_is_a_second_constraint_checked_before_training(tiny_data):
+    space = load_space(DEFAULT_SPACE, max_macs=3_000_000)
+    spy = SpyTrainer()
+    study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
+
+    trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    too_costly = [t for t in study.trials if t.user_attrs["params"] <= 20_000 and t.user_attrs.get("macs", 0) > 3e6]
+    assert trained and too_costly, "the space should produce both kinds at this budget"
+    assert len(spy.models) == len(trained)
+    for t in too_costly:
+        assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "over budget"
+        assert t.constraints[MACS_CONSTRAINT] == t.user_attrs["macs"] - 3_000_000 > 0
+    for t in trained:
+        assert t.constraints[MACS_CONSTRAINT] <= 0 and t.constraints[BUDGET_CONSTRAINT] <= 0
+        assert t.user_attrs["train_seconds"] >= 0
+
+
 def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections(tiny_data):
     space = load_space(DEFAULT_SPACE)
     # Accuracy rises with size, so small candidates fall below the median and get pruned.
@@ -113,7 +139,7 @@ def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_spa
     assert len(trials) == 6 and sorted(t.number for t in trials) == list(range(6))
     assert all(t.state.is_finished() for t in trials)
     csv_rows = (out / "trials.csv").read_text().splitlines()
-    assert len(csv_rows) == 7 and csv_rows[0].startswith("number,outcome,params,macs,val_accuracy")
+    assert len(csv_rows) == 7 and csv_rows[0] == ",".join(CSV_COLUMNS) and "train_seconds" in CSV_COLUMNS
 
 
 @pytest.mark.parametrize(

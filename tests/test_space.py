@@ -39,7 +39,9 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited('heads = ["gap", "gap_fc", "fc"]', 'heads = ["gap", "mlp"]'), "architecture.heads", "must be among"),
         (edited("stages = [2, 3]", "stages = [2, 7]"), "architecture.stages", "must lie in"),
         (edited("max_params = 20_000", "max_params = true"), "budget.max_params", "must be an integer"),
-        (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "exactly one key"),
+        (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "optionally max_macs"),
+        (edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 1.5e6"), "budget.max_macs", "an integer"),
+        (edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 0"), "budget.max_macs", "positive"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):
@@ -50,6 +52,14 @@ def test_each_validation_error_names_file_and_key(text, key, problem):
     assert key is None or key in message
     assert re.search(problem, message)
     assert "\n" not in message
+
+
+def test_a_macs_budget_comes_from_the_file_or_the_command_line(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 2_000_000"))
+    assert load_space(path).max_macs == 2_000_000
+    assert load_space(path, max_macs=1_000_000).max_macs == 1_000_000
+    assert load_space(DEFAULT_SPACE).max_macs is None
 
 
 def test_budget_below_smallest_architecture_is_refused_before_any_trial(tmp_path):

@@ -26,7 +26,7 @@ def plain_net() -> nn.Module:
 
 # fp32, so that only the order of summation differs; augmentation stays on: each replica must
 # resample its share of the batch with the matrices one process would have used for it.
-EXACT = dict(epochs=1, batch_size=64, bf16=False)
+EXACT = dict(epochs=1, batch_size=64, precision="fp32")
 
 
 def test_two_replicas_follow_the_same_path_as_one_process(tiny_data):

@@ -1,0 +1,245 @@
+"""What trains fastest on this CPU: precision, memory layout and replicas, measured once and cached.
+
+These networks' small convolutions run at very different speeds across CPUs. bf16 autocast is
+faster than fp32 where the CPU computes in bf16 natively (AVX-512-BF16, AMX), and 4-6x slower
+where it does not (AVX2-only). Channels-last helps or hurts depending on the kernels, and two
+one-thread replicas beat one two-thread process on some machines only. So the first training on
+a machine times a few steps of each setting (about half a minute) and caches the figures per CPU, core
+count and torch version, outside the repository; later runs read the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nas.data import Dataset, Split
+from nas.genome import Genome, Stage
+from nas.model import build_model, with_normalisation
+
+PRECISIONS = ("fp32", "bf16")
+# Replica counts compared: one process with every thread, or two replicas sharing the cores.
+PROCESS_CHOICES = (1, 2)
+SECONDS_PER_SETTING = 1.5  # timed steps of each setting, after the warm-up steps
+WARMUP_STEPS = 5  # the first steps build oneDNN's kernels
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How the trainer runs: the trainer's three machine-dependent choices."""
+
+    precision: str  # "fp32", or "bf16" autocast
+    channels_last: bool  # memory format of activations and conv weights
+    processes: int  # data-parallel replicas, each with cores // processes threads
+
+    def describe(self) -> str:
+        layout = "channels_last" if self.channels_last else "contiguous"
+        return f"{self.precision} {layout}, {self.processes} process{'es' if self.processes > 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Cpu:
+    model: str  # as /proc/cpuinfo names it
+    capability: str  # torch's SIMD level: AVX2, AVX512, ...
+    native_bf16: bool  # oneDNN computes bf16 natively (AVX-512-BF16 or AMX)
+    cores: int  # torch threads available to training
+
+    def describe(self) -> str:
+        bf16 = "native bf16" if self.native_bf16 else "no native bf16"
+        return f"{self.model}, {self.cores} cores, {self.capability}, {bf16}"
+
+
+def this_cpu() -> Cpu:
+    return Cpu(
+        model=_cpu_model(),
+        capability=torch.backends.cpu.get_cpu_capability(),
+        native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        cores=os.cpu_count() or 1,
+    )
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One measurement: training samples per second of `setting` with `threads` torch threads in all."""
+
+    setting: Setting
+    threads: int
+    samples_per_s: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What was measured on one CPU with one torch version."""
+
+    cpu: Cpu
+    torch_version: str
+    rates: tuple[Rate, ...]
+
+    def best(self, precision: str = "auto", processes: int | None = None) -> Setting:
+        """The fastest setting measured, within a forced precision or replica count if given.
+
+        Precision and layout come from the one-thread runs (one replica's view, or one search
+        worker's); the replica count from the runs that used every core.
+        """
+        one_thread = [r for r in self.rates if r.threads == 1 and precision in ("auto", r.setting.precision)]
+        fastest = max(one_thread, key=lambda r: r.samples_per_s).setting
+        if processes is None:
+            splits = [r for r in self.rates if r.threads > 1]
+            processes = max(splits, key=lambda r: r.samples_per_s).setting.processes if splits else 1
+        return Setting(fastest.precision, fastest.channels_last, processes)
+
+    def to_dict(self) -> dict:
+        return {"cpu": asdict(self.cpu), "torch": self.torch_version, "rates": [asdict(r) for r in self.rates]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
+        rates = tuple(Rate(Setting(**r["setting"]), r["threads"], r["samples_per_s"]) for r in data["rates"])
+        return cls(Cpu(**data["cpu"]), data["torch"], rates)
+
+
+def cache_path(cpu: Cpu) -> Path:
+    """Per CPU model, SIMD level, core count and torch version: a change of any of them re-measures."""
+    root = os.environ.get("NAS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nas"
+    key = hashlib.sha256(json.dumps([asdict(cpu), torch.__version__]).encode()).hexdigest()[:16]
+    return Path(root) / f"machine-{key}.json"
+
+
+def profile(announce=print) -> Profile:
+    """This machine's profile: from the cache, or measured now (once) and cached.
+
+    Concurrent callers (search workers, parallel runs) wait on one lock, so a single process
+    measures while the others wait for its figures instead of timing each other's load.
+    """
+    cpu = this_cpu()
+    path = cache_path(cpu)
+    with _locked(path):
+        cached = _read(path)
+        if cached is not None:
+            return cached
+        announce(f"timing training settings on this CPU ({cpu.describe()}); once per machine, about half a minute")
+        measured = measure(cpu)
+        _write(path, measured)
+        announce(f"fastest here: {measured.best().describe()} (cached in {path})")
+        return measured
+
+
+def save(measured: Profile) -> Path:
+    """Replace this machine's cached profile with a new measurement (nas.bench re-measures)."""
+    path = cache_path(measured.cpu)
+    with _locked(path):
+        _write(path, measured)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write(path: Path, measured: Profile) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(measured.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _read(path: Path) -> Profile | None:
+    """The cached profile, or None when there is none or it cannot be read (it is then re-measured)."""
+    try:
+        return Profile.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure(cpu: Cpu | None = None, seconds: float = SECONDS_PER_SETTING) -> Profile:
+    """Time training steps of a reference network under each setting.
+
+    First every precision and layout with one one-thread replica (what a search worker or one
+    replica runs); then, with the fastest of those, one process using every core against two
+    replicas sharing them.
+    """
+    cpu = cpu or this_cpu()
+    rates = [
+        Rate(setting, 1, _samples_per_second(setting, 1, seconds))
+        for setting in (Setting(p, layout, 1) for p, layout in itertools.product(PRECISIONS, (True, False)))
+    ]
+    fastest = max(rates, key=lambda r: r.samples_per_s).setting
+    if cpu.cores > 1:
+        for processes in PROCESS_CHOICES:
+            split = Setting(fastest.precision, fastest.channels_last, processes)
+            rates.append(Rate(split, cpu.cores, _samples_per_second(split, cpu.cores, seconds)))
+    return Profile(cpu, torch.__version__, tuple(rates))
+
+
+# A mid-sized network of the default space (the shipped mnist_20k winner, 18,902 parameters).
+REFERENCE_GENOME = Genome(
+    stages=(Stage((20,)), Stage((12, 24), transition=8), Stage((24, 20, 8))), dropout=0.07, head="fc"
+)
+
+
+def synthetic_dataset(n: int, seed: int = 0) -> Dataset:
+    """Random MNIST-shaped images and labels: enough to time training, nothing to learn from."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(size: int) -> Split:
+        images = torch.randint(0, 256, (size, 1, 28, 28), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, 10, (size,), generator=generator))
+
+    return Dataset(train=split(n), val=split(64), test=None, mean=0.5, std=0.29)
+
+
+class _Enough(Exception):
+    """Raised from the step callback once a setting has been timed long enough."""
+
+
+def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float:
+    """Train the reference network under `setting` on random images until `seconds` have been timed."""
+    from nas.train import TrainConfig, train  # here, not at the top: the trainer imports this module
+
+    torch.manual_seed(0)
+    model = with_normalisation(build_model(REFERENCE_GENOME), 0.5, 0.29)
+    # Epochs enough that the fastest setting on any CPU is timed long before training would end.
+    config = TrainConfig(
+        epochs=100, precision=setting.precision, channels_last=setting.channels_last, processes=setting.processes
+    )
+    marks: dict[str, float] = {}
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        done = epoch * steps + step
+        now = time.perf_counter()
+        if done == WARMUP_STEPS:
+            marks["start"] = now
+        elif done > WARMUP_STEPS and now - marks["start"] >= seconds:
+            marks["end"], marks["steps"] = now, done - WARMUP_STEPS
+            raise _Enough
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train(model, synthetic_dataset(2048), config, on_step=on_step)
+    except _Enough:
+        pass
+    finally:
+        torch.set_num_threads(previous)
+    return marks["steps"] * config.batch_size / (marks["end"] - marks["start"])

@@ -26,7 +26,7 @@ from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
 from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
-from nas.train import Report, TrainConfig, evaluate, train
+from nas.train import ReplicaLost, Report, TrainConfig, evaluate, train
 
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
@@ -101,6 +101,8 @@ def load_candidate(path: Path) -> Candidate:
         text = path.read_text()
     except OSError as error:
         raise UserError(f"{path}: cannot read it ({error.strerror}); pass the best.json a search wrote") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; pass the best.json a search wrote") from None
     return parse_candidate(text, str(path))
 
 
@@ -296,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except ReplicaLost as lost:
+        # Not bad input, so not exit 2; one line all the same: nothing of use is in a traceback.
+        print(
+            f"error: {lost}. No model was written; run the command again (or with --processes 1)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -1,8 +1,8 @@
 """Training and evaluation on in-memory tensors. Knows nothing of Optuna: it reports to a callback.
 
 With `processes` > 1 training is data-parallel: each replica process trains on its share of
-every batch with cores / processes torch threads, and the replicas sum their gradients through
-shared memory. These networks' small convolutions and BatchNorms split badly across threads,
+every batch with cores / processes torch threads, and the replicas sum their gradients with
+gloo's all-reduce over loopback. These networks' small convolutions and BatchNorms split badly across threads,
 so on some CPUs two single-threaded replicas train faster than one process with two threads.
 Whether they do, and whether bf16 autocast or channels-last pays, is measured per machine
 (nas.machine); a config leaves each choice to that measurement unless it forces it.
@@ -14,12 +14,13 @@ import copy
 import dataclasses
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -27,8 +28,9 @@ from nas import machine
 from nas.data import Dataset, Split, augment, random_affine, to_pixels
 from nas.processes import die_with_parent, spawn
 
-# A replica that waits this long for the others at a barrier gives up: one of them has died.
-REPLICA_TIMEOUT_SECONDS = 120
+# A replica that waits this long for another gives up on it (one that dies is noticed at once).
+REPLICA_TIMEOUT_SECONDS = 60
+LOOPBACK = "127.0.0.1"  # the replicas' exchange never leaves this machine
 
 
 @dataclass(frozen=True)
@@ -116,19 +118,22 @@ def train(
     `on_step(epoch, step, steps_per_epoch)` follows every optimiser step, for progress bars.
     With more than one process this process is the first of the replicas; the others are
     started here, get no callbacks, and end before this returns or raises. While training, each
-    replica, this process included, runs torch.get_num_threads() // processes threads.
+    replica, this process included, runs torch.get_num_threads() // processes threads. A
+    replica that dies raises ReplicaLost here within moments (REPLICA_TIMEOUT_SECONDS if it hangs).
     """
     config = config.resolved()
     if config.processes == 1:
-        return _train_replica(model, data, config, 0, None, on_report, on_step)
+        return _train_replica(model, data, config, None, on_report, on_step)
     threads = max(1, torch.get_num_threads() // config.processes)
-    group = _Group(config.processes, _exchange_size(model))
+    store = dist.TCPStore(
+        LOOPBACK, 0, config.processes, is_master=True, timeout=_timeout(), wait_for_workers=False
+    )  # port 0: any free one
     replica_data = dataclasses.replace(data, test=None)  # the test set stays with the caller
     # Each replica gets a copy: pickling for a spawned process moves tensors into shared memory,
     # so passing `model` itself would have two optimisers stepping the same weights.
     helpers = [
         spawn.Process(
-            target=_helper, args=(rank, copy.deepcopy(model), replica_data, config, group, threads), daemon=True
+            target=_helper, args=(rank, copy.deepcopy(model), replica_data, config, store.port, threads), daemon=True
         )
         for rank in range(1, config.processes)
     ]
@@ -136,62 +141,90 @@ def train(
         helper.start()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    finished = False
     try:
-        return _train_replica(model, data, config, 0, group, on_report, on_step)
-    except threading.BrokenBarrierError:
-        codes = [helper.exitcode for helper in helpers]
-        raise RuntimeError(f"a training replica stopped (exit codes {codes}; any Python error is above)") from None
-    except BaseException:
-        group.barrier.abort()  # replicas waiting at the barrier stop too
-        raise
+        _wait_until_started(store, helpers)
+        reports = _train_replica(model, data, config, _Exchange(store, 0, config.processes), on_report, on_step)
+        finished = True
+    except ReplicaLost:
+        for helper in helpers:
+            helper.join(timeout=1)  # a dead one's exit code
+        raise ReplicaLost(_what_was_lost([helper.exitcode for helper in helpers])) from None
     finally:
         torch.set_num_threads(previous_threads)
+        # After a normal end the others are exiting; after an early stop they would wait at the
+        # next exchange until their timeout, so they are killed: they hold nothing to keep.
         for helper in helpers:
-            helper.join(timeout=30)
+            helper.join(timeout=10 if finished else 0)
             if helper.is_alive():
                 helper.kill()
+                helper.join()
+    return reports
 
 
-def _helper(rank: int, model: nn.Module, data: Dataset, config: TrainConfig, group: _Group, threads: int) -> None:
+def _helper(rank: int, model: nn.Module, data: Dataset, config: TrainConfig, port: int, threads: int) -> None:
     """A replica other than the first: same loop, its own share of each batch, no callbacks."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the first replica's to handle
     torch.set_num_threads(threads)
     try:
-        _train_replica(model, data, config, rank, group, None, None)
-    except (threading.BrokenBarrierError, DivergedError):
-        pass  # the first replica stopped early, or raises the same divergence itself
-    except BaseException:
-        group.barrier.abort()
-        raise
+        store = dist.TCPStore(LOOPBACK, port, config.processes, is_master=False, timeout=_timeout())
+        store.set(f"started/{rank}", "")
+        _train_replica(model, data, config, _Exchange(store, rank, config.processes), None, None)
+    except (ReplicaLost, DivergedError):
+        pass  # the first replica stopped or died, or raises the same divergence itself
 
 
-class _Group:
-    """Sums a vector over the replicas through shared memory: one barrier per sum.
+def _wait_until_started(store: dist.Store, helpers: list) -> None:
+    """Wait for every replica to reach the store, watching them: one that dies starting is reported at once."""
+    keys = [f"started/{rank}" for rank in range(1, len(helpers) + 1)]
+    deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
+    while not store.check(keys):
+        dead = [helper.exitcode for helper in helpers if not helper.is_alive()]
+        if dead or time.monotonic() > deadline:
+            raise ReplicaLost("while starting")
+        time.sleep(0.05)
 
-    Two slots alternate, so a fast replica writing the next sum never overwrites one that a
-    slow replica is still reading (it cannot pass the next barrier until that reader arrives).
+
+def _what_was_lost(exit_codes: list[int | None]) -> str:
+    """One line for the user: which replica ended how."""
+    dead = [code for code in exit_codes if code is not None]
+    if not dead:
+        return f"a training process stopped answering for {REPLICA_TIMEOUT_SECONDS} s"
+    code = dead[0]
+    if code == -signal.SIGKILL:
+        return "a training process was killed (signal 9, as the out-of-memory killer does)"
+    return f"a training process died ({f'signal {-code}' if code < 0 else f'exit code {code}'})"
+
+
+class ReplicaLost(RuntimeError):
+    """Another training replica died or stopped answering: this training cannot go on."""
+
+
+def _timeout() -> timedelta:
+    return timedelta(seconds=REPLICA_TIMEOUT_SECONDS)
+
+
+class _Exchange:
+    """Sums vectors over the replicas: gloo's all-reduce over loopback (torch.distributed, no global state).
+
+    A peer that dies closes its sockets, so the others' all-reduce fails at once instead of
+    waiting; one that hangs is given up on after REPLICA_TIMEOUT_SECONDS.
     """
 
-    def __init__(self, replicas: int, size: int) -> None:
-        self.replicas = replicas
-        self.slots = torch.zeros(2, replicas, size).share_memory_()
-        self.barrier = spawn.Barrier(replicas)
-        self.calls = 0
+    def __init__(self, store: dist.Store, rank: int, replicas: int) -> None:
+        self.rank, self.replicas = rank, replicas
+        try:
+            self.group = dist.ProcessGroupGloo(store, rank, replicas, _timeout())
+        except RuntimeError:  # gloo's own text names C++ sources; the first replica words it instead
+            raise ReplicaLost("while connecting") from None
 
-    def sum(self, rank: int, vector: torch.Tensor) -> torch.Tensor:
-        slot = self.slots[self.calls % 2, :, : len(vector)]
-        self.calls += 1
-        slot[rank].copy_(vector)
-        self.barrier.wait(timeout=REPLICA_TIMEOUT_SECONDS)
-        return slot.sum(0)
-
-
-def _exchange_size(model: nn.Module) -> int:
-    """The longest vector the replicas sum: the gradients plus two statistics, or the float buffers."""
-    params = sum(p.numel() for p in model.parameters())
-    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    return max(params + 2, buffers, 2)
+    def sum(self, vector: torch.Tensor) -> torch.Tensor:
+        try:
+            self.group.allreduce([vector]).wait()
+        except RuntimeError:
+            raise ReplicaLost("while exchanging gradients") from None
+        return vector
 
 
 def _share(start: int, stop: int, rank: int, replicas: int) -> slice:
@@ -204,12 +237,12 @@ def _train_replica(
     model: nn.Module,
     data: Dataset,
     config: TrainConfig,
-    rank: int,
-    group: _Group | None,
+    exchange: _Exchange | None,
     on_report: Callable[[Report], None] | None,
     on_step: Callable[[int, int, int], None] | None,
 ) -> list[Report]:
-    """The training loop of one replica; with no group, the whole of training."""
+    """The training loop of one replica; with no exchange, the whole of training."""
+    rank = exchange.rank if exchange else 0
     # Data order and augmentation draw from one generator that every replica seeds alike, so
     # they agree on each batch; dropout masks come from each replica's own global seed.
     generator = torch.Generator().manual_seed(config.seed)
@@ -251,8 +284,8 @@ def _train_replica(
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
             (loss / (last - first)).backward()  # this replica's part of the batch's mean loss
             totals = torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float()])
-            if group is not None:
-                summed = group.sum(rank, torch.cat([_flat_grads(params), totals]))
+            if exchange is not None:
+                summed = exchange.sum(torch.cat([_flat_grads(params), totals]))
                 _set_grads(params, summed[:-2])
                 totals = summed[-2:]
             batch_loss, batch_correct = totals.tolist()
@@ -266,11 +299,11 @@ def _train_replica(
             if on_step is not None:
                 on_step(epoch, step, steps_per_epoch)
             if step in report_after:
-                if group is not None:
-                    _average_buffers(model, rank, group)
-                val_totals = torch.tensor(_loss_and_correct(model, val))
-                if group is not None:
-                    val_totals = group.sum(rank, val_totals)
+                if exchange is not None:
+                    _average_buffers(model, exchange)
+                val_totals = torch.tensor(_loss_and_correct(model, val), dtype=torch.float32)
+                if exchange is not None:
+                    val_totals = exchange.sum(val_totals)
                 val_loss, val_correct = val_totals.tolist()
                 report = Report(
                     step=len(reports) + 1,
@@ -298,10 +331,10 @@ def _set_grads(params: list[nn.Parameter], flat: torch.Tensor) -> None:
         p.grad = torch.empty_like(p).copy_(grad.view_as(p))  # empty_like keeps p's channels_last layout
 
 
-def _average_buffers(model: nn.Module, rank: int, group: _Group) -> None:
+def _average_buffers(model: nn.Module, exchange: _Exchange) -> None:
     """Give every replica the mean of their BatchNorm running statistics, before evaluating."""
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     if buffers:
-        mean = group.sum(rank, torch.cat([b.reshape(-1) for b in buffers])) / group.replicas
+        mean = exchange.sum(torch.cat([b.reshape(-1) for b in buffers])) / exchange.replicas
         for buffer, value in zip(buffers, mean.split([b.numel() for b in buffers]), strict=True):
             buffer.copy_(value.view_as(buffer))

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nas import machine, plots, results
+from nas import journal, machine, plots, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
 from nas.genome import Genome, Stage, param_count
@@ -521,6 +521,10 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     return_freed_memory()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not is_database(options.storage):
+        repaired = journal.repair(Path(options.storage))
+        if repaired:
+            console.print(repaired)
     study = open_study(options, space)
     # A database has heartbeats: Optuna fails and retries a dead worker's trial itself.
     orphaned = 0 if is_database(options.storage) else fail_orphaned_trials(study)

@@ -102,6 +102,8 @@ def read_idx(path: Path) -> torch.Tensor:
             f"{path}: header promises {shape} but holds {len(data) - header} bytes of data; "
             "the file is truncated or corrupt, replace it"
         )
+    if math.prod(shape) == 0:
+        raise UserError(f"{path}: header says {shape}: the file holds no data; pass a dataset with images in it")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 

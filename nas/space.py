@@ -216,6 +216,8 @@ def load_space(
         text = path.read_text()
     except OSError as error:
         raise UserError(f"{path}: cannot read the search space ({error.strerror}); check --space") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; save the search space as UTF-8") from None
     # Name it relative to the working directory when inside it, so results read the same on any clone.
     where = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
     space = parse_space(text, where).with_overrides(max_params, trial_epochs, max_macs)

@@ -548,8 +548,17 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         for worker in workers:
             worker.start()
         logged: set[int] = set()
+        dead: set[int] = set()
         try:
             while any(w.is_alive() for w in workers):
+                for index, worker in enumerate(workers):
+                    if worker.exitcode not in (None, 0) and index not in dead:  # killed, or out of memory
+                        dead.add(index)
+                        failed = 0 if is_database(options.storage) else fail_orphaned_trials(study)
+                        console.print(
+                            f"[red]worker {index} died (exit code {worker.exitcode})[/]; its running trial "
+                            f"marked failed ({failed}), the other workers go on"
+                        )
                 trials = study.get_trials(deepcopy=False)  # polled every second: read, never modified
                 live.update(progress_table(trials, started_with, options.trials, time.time() - start))
                 if not console.is_terminal:  # a log file gets a line per finished trial

@@ -11,11 +11,11 @@ import optuna
 from optuna.trial import TrialState
 
 
-def start_search(tiny_dir: Path, space: Path, out: Path, trials: int) -> subprocess.Popen:
+def start_search(tiny_dir: Path, space: Path, out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
     # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
     argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "30",
             "--space", str(space), "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out),
-            "--study", "s", "--jobs", "1", "--pruner", "none"]  # fmt: skip
+            "--study", "s", "--jobs", str(jobs), "--pruner", "none"]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from nas.errors import UserError
 from nas.genome import HEADS, INPUT_SIZE, Genome, Stage, param_count
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Inside the package, so an installed nas finds its default; the repository shows them as search_spaces/.
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
 MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import resource
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from nas.data import Dataset, Split, load_dataset
 from nas.errors import cli
 from nas.machine import Setting
 from nas.model import Normalize
+from nas.processes import threads_per_process
 from nas.search import SearchOptions, count_states, search
 from nas.train import TrainConfig, evaluate, train
 
@@ -160,7 +160,7 @@ def search_rate(jobs: int, trials: int, workdir: Path) -> dict:
     options = SearchOptions(
         trials=trials, space=space, max_params=None, trial_epochs=None, seed=0, data_dir=None,
         val_size=10_000, storage=str(workdir / f"jobs{jobs}.journal"), study=f"bench-jobs{jobs}",
-        pruner="none", jobs=jobs, threads=max(1, (os.cpu_count() or 1) // jobs), timeout=None,
+        pruner="none", jobs=jobs, threads=threads_per_process(jobs), timeout=None,
         out=workdir / f"jobs{jobs}",
     )  # fmt: skip
     start = time.perf_counter()
@@ -176,7 +176,7 @@ def search_rate(jobs: int, trials: int, workdir: Path) -> dict:
 def settings_table(profile: machine.Profile, chosen: Setting) -> Table:
     """Every setting timed, with the one the trainer will use here marked."""
     table = Table(title=f"Trainer settings on {profile.cpu.describe()}")
-    for column in ("precision", "layout", "processes", "threads in all", "train samples/s", ""):
+    for column in ("precision", "layout", "processes", "threads", "train/s", ""):
         table.add_column(column, justify="right")
     all_threads = max(rate.threads for rate in profile.rates)
     for rate in profile.rates:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nas.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k training images and 4-trial searches")
     parser.add_argument("--trials", type=int, default=8, help="trials in each timed search")
-    parser.add_argument("--json", type=Path, default=Path("results/bench.json"), help="where to write the figures")
+    parser.add_argument("--json", type=Path, default=Path("runs/bench.json"), help="where to write the figures")
     args = parser.parse_args(argv)
     console = Console(soft_wrap=True)
     data = load_dataset(include_test=False)

@@ -59,7 +59,7 @@ def test_a_macs_budget_comes_from_the_file_or_the_command_line(tmp_path):
     path.write_text(edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 2_000_000"))
     assert load_space(path).max_macs == 2_000_000
     assert load_space(path, max_macs=1_000_000).max_macs == 1_000_000
-    assert load_space(DEFAULT_SPACE).max_macs is None
+    assert load_space(SPACES_DIR / "mnist_8k.toml").max_macs is None
 
 
 def test_budget_below_smallest_architecture_is_refused_before_any_trial(tmp_path):

@@ -23,7 +23,7 @@ from torch import nn
 from nas import plots, results
 from nas.data import load_dataset
 from nas.errors import UserError, cli
-from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
+from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, Genome, param_count
 from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
 from nas.train import ReplicaLost, Report, TrainConfig, evaluate, train
@@ -220,6 +220,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
             "range": [0.0, 1.0],
             "normalisation": {"mean": data.mean, "std": data.std, "applied": "inside model.pt2"},
         },
+        "classes": NUM_CLASSES,  # scores out, one per class
         "source": str(options.best),
         "command": "python -m nas.retrain " + " ".join(sys.argv[1:]),
         "versions": results.versions(),

@@ -1,5 +1,7 @@
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.data import BUNDLED_MNIST
 from nas.errors import UserError
 from nas.genome import Genome, param_count
 from nas.model import build_model, with_normalisation
@@ -30,13 +33,14 @@ def run_retrain(tmp_path, tiny_dir, name, genome=TINY_GENOME, epochs=1, min_accu
     return retrain(options)
 
 
-def spec_failures(folder: Path) -> set[str]:
+def spec_failures(folder: Path, env: dict | None = None) -> set[str]:
     """Run the generated test file in a fresh interpreter; the names of the tests that failed."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "test_model.py")],
         capture_output=True,
         text=True,
         cwd=folder,
+        env=env,
     )
     failed = set(re.findall(r"FAILED \S+::(\w+)", result.stdout))
     assert (result.returncode == 0) == (not failed), result.stdout[-2000:]
@@ -143,7 +147,22 @@ def test_one_epoch_on_full_mnist_beats_95_percent(tmp_path):
     )
     metrics = retrain(options)
     assert metrics["test_accuracy"] > 95.0
-    assert spec_failures(tmp_path) == set()
+    assert spec_failures(tmp_path, env={**os.environ, "NAS_TEST_DATA": str(BUNDLED_MNIST)}) == set()
+
+
+def test_a_result_folder_copied_anywhere_tests_itself_without_nas(good, tiny_dir, tmp_path):
+    folder = tmp_path / "elsewhere" / "model"
+    shutil.copytree(good, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["data"]["dir"] = "/a/path/on/the/machine/that/trained/it"
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    blocker = tmp_path / "no_nas" / "nas"  # shadows the installed package: importing it fails
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("a result folder must not need nas")')
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "NAS_TEST_DATA": str(tiny_dir)}
+    assert spec_failures(folder, env) == set()
+    env.pop("NAS_TEST_DATA")
+    assert spec_failures(folder, env) == {"test_test_accuracy_meets_floor"}  # told to set NAS_TEST_DATA
 
 
 def test_shipped_spec_tests_are_the_current_template():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import os
 import signal
 import sys
 
@@ -11,6 +12,16 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 # fork would share torch's thread pools (and the parent's locks) with the child.
 spawn = mp.get_context("spawn")
+
+
+# Worker processes worth running at once: two single-threaded ones beat one with two threads here
+# (README, Performance); more would only split the same cores finer.
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
+
+
+def threads_per_process(processes: int) -> int:
+    """Torch threads for each of `processes` processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 def die_with_parent() -> None:

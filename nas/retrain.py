@@ -108,7 +108,7 @@ def load_candidate(path: Path) -> Candidate:
 
 def export_frozen(model: nn.Module, path: Path) -> None:
     """Save the eval-mode model as a torch.export program with a dynamic batch dimension."""
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    model = model.eval()
     example = torch.zeros(2, IN_CHANNELS, INPUT_SIZE, INPUT_SIZE)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     buffer = io.BytesIO()

@@ -38,13 +38,14 @@ from nas.errors import UserError, cli
 from nas.genome import Genome, Stage, param_count
 from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
-from nas.processes import die_with_parent, spawn
+from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_process
 from nas.space import DEFAULT_SPACE, ArchitectureSpace, SearchSpace, load_space
 from nas.train import DivergedError, Report, TrainConfig, train
 
 # A user's runs go here, git-ignored; results/ holds the shipped records and changes only on purpose.
 RUNS_DIR = Path("runs")
 BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
+OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
 MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
 PRUNERS = ("median", "hyperband", "none")
 # Database storages only: a trial whose worker is silent for twice this is failed and retried.
@@ -267,7 +268,8 @@ def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
         study = load_study(options, space, options.seed, storage)
     except KeyError:
         try:
-            optuna.create_study(study_name=options.study, storage=storage, direction="maximize")
+            created = optuna.create_study(study_name=options.study, storage=storage, direction="maximize")
+            created.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another process, here or on another machine, created it first
         study = load_study(options, space, options.seed, storage)
@@ -314,8 +316,10 @@ class SearchOptions:
     precision: str = "auto"  # TrainConfig.precision
 
 
-def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: TrialSlots, deadline: float | None) -> None:
-    """One process of a run: its own data copy, its own thread budget, the shared study."""
+def _worker(
+    index: int, options: SearchOptions, space: SearchSpace, data: Dataset, slots: TrialSlots, deadline: float | None
+) -> None:
+    """One process of a run: the parent's data (in shared memory), its own thread budget, the shared study."""
     die_with_parent()
     # Ctrl-C reaches the whole process group; only the parent acts on it, then stops each worker
     # once with SIGTERM, so a second signal cannot cut a worker off while it records its trial.
@@ -324,7 +328,6 @@ def _worker(index: int, options: SearchOptions, space: SearchSpace, slots: Trial
     torch.set_num_threads(options.threads)
     # Optuna would log each failed trial with a traceback; the parent prints one line per trial.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     study = load_study(options, space, options.seed + index, make_storage(options.storage))
 
     def claim() -> bool:
@@ -359,8 +362,7 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)  # its reason: see fail_reason()
             orphaned += 1
     return orphaned
 
@@ -390,6 +392,13 @@ def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
+def fail_reason(trial: FrozenTrial) -> str:
+    """Why a trial failed, as its worker recorded it; a failed trial with no record lost its worker."""
+    if trial.state != TrialState.FAIL:
+        return ""
+    return trial.user_attrs.get("fail_reason", "worker died")
+
+
 def last_accuracy(trial: FrozenTrial) -> float | None:
     """The final value of a completed trial, the last report of a pruned one, else None."""
     if trial.value is not None:
@@ -401,7 +410,7 @@ def trial_line(trial: FrozenTrial, elapsed: float) -> str:
     """One finished trial, for logs: number, outcome, accuracy, size."""
     accuracy = last_accuracy(trial)
     value = f"{accuracy:.2f}%" if accuracy is not None else "-"
-    reason = f" ({trial.user_attrs['fail_reason']})" if "fail_reason" in trial.user_attrs else ""
+    reason = f" ({fail_reason(trial)})" if trial.state == TrialState.FAIL else ""
     params = trial.user_attrs.get("params", 0)
     return f"[{elapsed:6.0f} s] trial {trial.number}: {outcome(trial)}{reason}, val {value}, {params:,} params"
 
@@ -464,7 +473,7 @@ def trials_csv(trials: list[FrozenTrial]) -> str:
             f"{accuracy:.2f}" if accuracy is not None else "",
             attrs.get("epochs_run", ""),
             attrs.get("train_seconds", ""),
-            attrs.get("fail_reason", ""),
+            fail_reason(t),
             Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else "",
         ])  # fmt: skip
     return buffer.getvalue()
@@ -517,9 +526,9 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     # Timed here, once, before the workers start: they read the cached figures instead of
     # timing each other's load.
     machine.profile(announce=console.print)
-    # Load once up front: bad data fails here, before any worker starts or trial is created.
-    load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
-    return_freed_memory()
+    # Loaded once, here: bad data fails before any worker starts or trial is created, and the
+    # workers share these tensors (pickled for a spawned process, they move to shared memory).
+    data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_database(options.storage):
         repaired = journal.repair(Path(options.storage))
@@ -539,7 +548,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     deadline = time.time() + options.timeout if options.timeout else None
     slots = TrialSlots(options.trials, spawn)
     workers = [
-        spawn.Process(target=_worker, args=(i, options, space, slots, deadline), daemon=True)
+        spawn.Process(target=_worker, args=(i, options, space, data, slots, deadline), daemon=True)
         for i in range(options.jobs)
     ]
     start = time.time()
@@ -609,7 +618,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--study", help="study name (default: the space file's name)")
     parser.add_argument("--storage", help="journal file path or database URL (default runs/<study>/study.journal)")
     parser.add_argument("--pruner", choices=PRUNERS, default="median")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="worker processes")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
     parser.add_argument(
         "--precision",
@@ -640,7 +649,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         study=study,
         pruner=args.pruner,
         jobs=args.jobs,
-        threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+        threads=args.threads or threads_per_process(args.jobs),
         timeout=args.timeout,
         out=out,
         max_macs=args.max_macs,

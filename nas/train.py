@@ -122,6 +122,21 @@ def train(
     replica that dies raises ReplicaLost here within moments (REPLICA_TIMEOUT_SECONDS if it hangs).
     """
     config = config.resolved()
+    # The caller gets its model back in the default layout and its random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return _train(model, data, config, on_report, on_step)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    on_report: Callable[[Report], None] | None,
+    on_step: Callable[[int, int, int], None] | None,
+) -> list[Report]:
     if config.processes == 1:
         return _train_replica(model, data, config, None, on_report, on_step)
     threads = max(1, torch.get_num_threads() // config.processes)

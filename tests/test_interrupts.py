@@ -10,6 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from nas.search import fail_reason
+
 
 def start_search(tiny_dir: Path, space: Path, out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
     # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
@@ -56,7 +58,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(t
     after = {t.number: t for t in trials(tmp_path)}
     assert {n: after[n].value for n in completed} == completed
     assert after[interrupted].state == TrialState.FAIL
-    assert after[interrupted].user_attrs["fail_reason"] == "worker died"
+    assert fail_reason(after[interrupted]) == "worker died"
     assert not [t for t in after.values() if t.state == TrialState.RUNNING]
     assert len(after) == len(before) + 1
     assert (tmp_path / "best.json").exists()

@@ -33,7 +33,8 @@ from nas.errors import cli
 from nas.machine import Setting
 from nas.model import Normalize
 from nas.processes import threads_per_process
-from nas.search import SearchOptions, count_states, search
+from nas.report import count_states, records
+from nas.search import SearchOptions, search
 from nas.train import TrainConfig, evaluate, train
 
 
@@ -166,8 +167,8 @@ def search_rate(jobs: int, trials: int, workdir: Path) -> dict:
     start = time.perf_counter()
     study = search(options, console=Console(quiet=True))
     seconds = time.perf_counter() - start
-    completed = count_states(study.trials)["complete"]
-    peaks = [t.user_attrs.get("worker_peak_rss_mib", 0) for t in study.trials]
+    completed = count_states(records(study.trials))["complete"]
+    peaks = [trial.peak_rss_mib or 0 for trial in records(study.trials)]
     return {"jobs": jobs, "trials": trials, "completed": completed, "seconds": seconds,
             "completed_per_hour": 3600 * completed / seconds,
             "worker_peak_rss_mib_first_last": [peaks[0], peaks[-1]]}  # fmt: skip

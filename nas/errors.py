@@ -5,10 +5,21 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input: the message names the problem and the fix, on one line."""
+
+
+def read_user_text(path: Path, what: str, fix: str) -> str:
+    """A text file the user named, or one UserError that says what is wrong with it and `fix`."""
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read {what} ({error.strerror}); {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: {what} is not UTF-8 text; {fix}") from None
 
 
 EXIT_USAGE = 2

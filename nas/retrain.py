@@ -7,103 +7,27 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from nas import plots, results
+from nas import best, plots, results
 from nas.data import load_dataset
 from nas.errors import UserError, cli
-from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, Genome, param_count
+from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
 from nas.machine import PRECISIONS
 from nas.model import build_model, count_macs, with_normalisation
-from nas.train import ReplicaLost, Report, TrainConfig, evaluate, train
+from nas.train import ReplicaLost, Report, evaluate, train
 
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
 DEFAULT_MIN_ACCURACY = 99.4  # percent on the test set; the seeds' floor
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What retraining needs from a best.json."""
-
-    genome: Genome
-    max_params: int
-    max_lr: float
-    batch_size: int
-    weight_decay: float
-    data_dir: str | None  # None: the bundled MNIST
-    val_size: int
-    split_seed: int
-
-
-def _field(document: dict, dotted: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value: Any = document
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise UserError(f"{where}: missing field {dotted!r}; use a best.json written by nas.search")
-        value = value[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise UserError(f"{where}: field {dotted!r} has the wrong type; use a best.json written by nas.search")
-    return value
-
-
-def parse_candidate(text: str, where: str) -> Candidate:
-    """Validate a best.json document: every problem is one UserError naming the field."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{where}: not valid JSON ({error.msg} at line {error.lineno}); fix or regenerate it") from None
-    if not isinstance(document, dict):
-        raise UserError(f"{where}: expected a JSON object; use a best.json written by nas.search")
-    try:
-        genome = Genome.from_dict(_field(document, "genome", dict, where))
-    except UserError as error:
-        raise UserError(f"{where}: {error}") from None
-    candidate = Candidate(
-        genome=genome,
-        max_params=_field(document, "max_params", int, where),
-        max_lr=float(_field(document, "train.max_lr", (int, float), where)),
-        batch_size=_field(document, "train.batch_size", int, where),
-        weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
-        val_size=_field(document, "data.val_size", int, where),
-        split_seed=_field(document, "data.split_seed", int, where),
-        data_dir=_field(document, "data.dir", (str, type(None)), where),  # null: the bundled MNIST
-    )
-    params = param_count(genome)
-    if params > candidate.max_params:
-        raise UserError(
-            f"{where}: the genome has {params:,} parameters, over its budget of {candidate.max_params:,}; "
-            "search again or raise max_params"
-        )
-    if not (0 < candidate.max_lr < math.inf and candidate.batch_size > 0 and 0 <= candidate.weight_decay < math.inf):
-        raise UserError(
-            f"{where}: train.max_lr and batch_size must be positive, weight_decay finite; fix or regenerate it"
-        )
-    if candidate.val_size < 1:
-        raise UserError(f"{where}: data.val_size must be positive; fix or regenerate it")
-    return candidate
-
-
-def load_candidate(path: Path) -> Candidate:
-    """Read and validate a best.json file."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UserError(f"{path}: cannot read it ({error.strerror}); pass the best.json a search wrote") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; pass the best.json a search wrote") from None
-    return parse_candidate(text, str(path))
 
 
 def export_frozen(model: nn.Module, path: Path) -> None:
@@ -143,24 +67,18 @@ class RetrainOptions:
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
-    """Train the candidate, evaluate once on the test set, write the five result files."""
+    """Train the search's winner, evaluate once on the test set, write the result files."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
-    candidate = load_candidate(options.best)
-    max_params = options.max_params or candidate.max_params
-    genome, params = candidate.genome, param_count(candidate.genome)
+    winner = best.load(options.best)
+    max_params = options.max_params or winner.max_params
+    genome, params = winner.genome, param_count(winner.genome)
     if params > max_params:
         raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
     results.check_writable(options.out)
-    data_dir = str(options.data_dir.resolve()) if options.data_dir else candidate.data_dir
-    data = load_dataset(data_dir, candidate.val_size, candidate.split_seed)
-    config = TrainConfig(
-        epochs=options.epochs,
-        max_lr=candidate.max_lr,
-        batch_size=candidate.batch_size,
-        weight_decay=candidate.weight_decay,
-        seed=options.seed,
-        precision=options.precision,
-        processes=options.processes,
+    data_dir = str(options.data_dir.resolve()) if options.data_dir else winner.data.dir
+    data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed)
+    config = winner.recipe.config(
+        epochs=options.epochs, seed=options.seed, precision=options.precision, processes=options.processes
     ).resolved()
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
@@ -213,7 +131,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "test_loss": test_loss,
         "train_seconds": round(train_seconds, 1),
         "seed": options.seed,
-        "data": {"dir": data_dir, "val_size": candidate.val_size, "split_seed": candidate.split_seed},
+        "data": {"dir": data_dir, "val_size": winner.data.val_size, "split_seed": winner.data.split_seed},
         "input": {
             "shape": ["N", IN_CHANNELS, INPUT_SIZE, INPUT_SIZE],
             "dtype": "float32",

@@ -1,25 +1,21 @@
-"""The search: an Optuna study over a search space, under a hard parameter budget.
-
-The only module that imports Optuna. It samples a genome and a learning rate from each trial,
-rejects over-budget candidates before they train, and hands the rest to the trainer with a
-callback that reports validation accuracy and obeys the pruner.
+"""The search: an Optuna study over a search space, under hard budgets. Its command line and its workers.
 
     python -m nas.search --trials 50
+
+Each worker process runs trials of the shared study (nas.objective) until the run's count is
+used up; the parent shows progress, notices dead workers, and writes the report (nas.report).
+Optuna is touched on this side only (nas.objective, nas.study, nas.trials, nas.report, here);
+the trainer knows nothing of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
-import io
 import multiprocessing as mp
-import os
 import signal
-import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,133 +23,32 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
-from nas import journal, machine, plots, results
+from nas import machine, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
-from nas.genome import Genome, Stage, param_count
 from nas.machine import PRECISIONS
-from nas.model import build_model, count_macs, with_normalisation
+from nas.objective import Objective
 from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_process
-from nas.space import DEFAULT_SPACE, ArchitectureSpace, SearchSpace, load_space
-from nas.train import DivergedError, Report, TrainConfig, train
+from nas.report import progress_table, records, trial_line, write_report
+from nas.space import DEFAULT_SPACE, SearchSpace, load_space
+from nas.study import (
+    PRUNERS,
+    UNCLAIMED_SECONDS,
+    fail_orphaned_trials,
+    is_database,
+    load_study,
+    make_storage,
+    open_study,
+    redact,
+    repair_journal,
+)
+from nas.train import DivergedError
 
 # A user's runs go here, git-ignored; results/ holds the shipped records and changes only on purpose.
 RUNS_DIR = Path("runs")
-BUDGET_CONSTRAINT = "params_over_budget"  # trial constraint: params - budget, feasible when <= 0
-OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
-MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
-PRUNERS = ("median", "hyperband", "none")
-# Database storages only: a trial whose worker is silent for twice this is failed and retried.
-HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
-DATABASE_ATTEMPTS = 3
-
-
-def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
-    """Draw an architecture from the space; parameter names are stable across trials."""
-    stages = []
-    for s in range(trial.suggest_categorical("stages", arch.stages)):
-        transition = trial.suggest_categorical(f"s{s}_transition", arch.transitions) if s else 0
-        blocks = trial.suggest_int(f"s{s}_blocks", *arch.blocks_per_stage)
-        widths = tuple(trial.suggest_categorical(f"s{s}_b{b}_width", arch.widths) for b in range(blocks))
-        stages.append(Stage(widths, transition))
-    return Genome(
-        stages=tuple(stages),
-        dropout=trial.suggest_float("dropout", *arch.dropout),
-        head=trial.suggest_categorical("head", arch.heads),
-    )
-
-
-def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int, precision: str = "auto") -> TrainConfig:
-    """The short training run a candidate gets: the space's trial budget and a sampled learning rate.
-
-    One process per trial: the search's parallelism is its worker processes.
-    """
-    return TrainConfig(
-        epochs=space.trial.epochs,
-        max_lr=trial.suggest_float("max_lr", *space.training.max_lr, log=True),
-        batch_size=space.training.batch_size,
-        weight_decay=space.training.weight_decay,
-        reports_per_epoch=space.trial.reports_per_epoch,
-        seed=seed + trial.number,
-        precision=precision,
-        processes=1,
-    )
-
-
-TrainFn = Callable[..., list[Report]]
-
-
-@dataclass
-class Objective:
-    """Optuna objective: budget check first, then a short training run reporting to the pruner."""
-
-    space: SearchSpace
-    data: Dataset
-    seed: int
-    precision: str = "auto"  # TrainConfig.precision
-    train_fn: TrainFn = train  # replaceable so a test can spy on what reaches training
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        peak = worker_peak_rss_mib()
-        if peak is not None:  # recorded per trial, so memory growth across trials shows in the study
-            trial.set_user_attr("worker_peak_rss_mib", peak)
-        genome = sample_genome(trial, self.space.architecture)
-        params = param_count(genome)
-        trial.set_user_attr("genome", genome.to_dict())
-        trial.set_user_attr("params", params)
-        trial.set_constraint(BUDGET_CONSTRAINT, params - self.space.max_params)
-        if params > self.space.max_params:
-            trial.set_user_attr("prune_reason", "over budget")
-            raise optuna.TrialPruned(f"{params:,} parameters > budget {self.space.max_params:,}")
-        macs = count_macs(genome)
-        trial.set_user_attr("macs", macs)
-        if self.space.max_macs is not None:
-            trial.set_constraint(MACS_CONSTRAINT, macs - self.space.max_macs)
-            if macs > self.space.max_macs:
-                trial.set_user_attr("prune_reason", "over budget")
-                raise optuna.TrialPruned(f"{macs:,} MACs > budget {self.space.max_macs:,}")
-        config = trial_config(trial, self.space, self.seed, self.precision)
-        torch.manual_seed(config.seed)  # weight initialisation
-        model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
-
-        final_step = config.epochs * config.reports_per_epoch
-
-        def on_report(report: Report) -> None:
-            trial.report(report.val_accuracy, report.step)
-            trial.set_user_attr("epochs_run", round(report.epoch, 3))
-            # Stopping at the final report saves nothing and would discard a finished result.
-            if report.step < final_step and trial.should_prune():
-                trial.set_user_attr("prune_reason", "pruner")
-                raise optuna.TrialPruned(f"pruned at epoch {report.epoch:.2f}")
-
-        start = time.perf_counter()
-        try:
-            reports = self.train_fn(model, self.data, config, on_report)
-        except DivergedError as error:
-            trial.set_user_attr("fail_reason", str(error))
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
-        finally:
-            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 1))
-        return reports[-1].val_accuracy
-
-
-def worker_peak_rss_mib() -> int | None:
-    """This process's peak resident memory since it started (Linux's VmHWM), MiB; None elsewhere."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return int(kib) // 1024 if kib else None
 
 
 def run_trials(study: optuna.Study, objective: Objective, claim: Callable[[], bool]) -> None:
@@ -179,119 +74,6 @@ class TrialSlots:
                 return False
             self._left.value -= 1
             return True
-
-
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """A database storage for a URL, else a journal file: it takes concurrent writers on one
-    host (SQLite does not) and optuna-dashboard opens it directly.
-    """
-    if is_database(url):
-        return _open_database(url)
-    path = Path(url)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    except OSError as error:
-        raise UserError(f"cannot write the study journal {path} ({error.strerror}); check --storage") from None
-
-
-def _open_database(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats, so any worker can fail a dead worker's trial and retry it."""
-    # Workers starting together on a new database race to create Optuna's tables; a loser's
-    # attempt fails, and succeeds on a retry once the tables exist.
-    for attempt in range(DATABASE_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                )
-        except ImportError as error:
-            raise UserError(f"{redact(url)} needs a database driver ({error}); pip install -e '.[postgres]'") from None
-        except Exception as error:  # SQLAlchemy raises many types for a bad URL or server
-            if attempt == DATABASE_ATTEMPTS - 1:
-                raise UserError(
-                    f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage"
-                ) from None
-            time.sleep(1.0)
-
-
-def is_database(url: str) -> bool:
-    """A URL with a scheme names a database; anything else is a journal file path."""
-    return "://" in url
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, fit to print."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
-
-
-def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
-    """Stop weak trials early: at each report their accuracy is compared with finished trials.
-
-    Not before one full epoch: under the one-cycle warm-up, the trials with the highest peak
-    learning rate look worst at first (seen here: 96.2% at half an epoch, then the study's best).
-    """
-    steps = space.trial.epochs * space.trial.reports_per_epoch
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=space.trial.reports_per_epoch)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=space.trial.reports_per_epoch, max_resource=steps, reduction_factor=3
-        )
-    return optuna.pruners.NopPruner()
-
-
-def load_study(
-    options: SearchOptions, space: SearchSpace, sampler_seed: int, storage: optuna.storages.BaseStorage
-) -> optuna.Study:
-    """The study named in `options`; KeyError if it does not exist yet."""
-    return optuna.load_study(
-        study_name=options.study,
-        storage=storage,
-        # constant_liar: workers sharing a study do not all sample around the same running trial.
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, constant_liar=True),
-        pruner=make_pruner(options.pruner, space),
-    )
-
-
-def open_study(options: SearchOptions, space: SearchSpace) -> optuna.Study:
-    """Create the study or resume it; a study made with a different space is refused."""
-    storage = make_storage(options.storage)
-    try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
-        study = load_study(options, space, options.seed, storage)
-    except KeyError:
-        try:
-            created = optuna.create_study(study_name=options.study, storage=storage, direction="maximize")
-            created.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
-        except optuna.exceptions.DuplicatedStudyError:
-            pass  # another process, here or on another machine, created it first
-        study = load_study(options, space, options.seed, storage)
-    recorded = study.user_attrs.get("space_sha256")
-    if recorded is None:
-        study.set_user_attr("space_sha256", space.sha256)
-        study.set_user_attr("space_path", space.path)
-        study.set_user_attr("max_params", space.max_params)
-        study.set_user_attr("max_macs", space.max_macs)
-        study.set_user_attr("seed", options.seed)
-    elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
-        space.sha256,
-        space.max_params,
-        space.max_macs,
-    ):
-        raise UserError(
-            f"study {options.study!r} in {redact(options.storage)} was made with another search space "
-            f"or budget ({study.user_attrs.get('space_path')}, max {study.user_attrs.get('max_params'):,} params, "
-            f"max MACs {study.user_attrs.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
-            "or a new --study name"
-        )
-    return study
 
 
 @dataclass(frozen=True)
@@ -328,7 +110,7 @@ def _worker(
     torch.set_num_threads(options.threads)
     # Optuna would log each failed trial with a traceback; the parent prints one line per trial.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = load_study(options, space, options.seed + index, make_storage(options.storage))
+    study = load_study(options.study, make_storage(options.storage), space, options.pruner, options.seed + index)
 
     def claim() -> bool:
         return_freed_memory()
@@ -353,171 +135,6 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def fail_orphaned_trials(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a dead worker on this host as failed; return how many.
-
-    A journal file has no heartbeat, but each trial records the host and pid of its worker.
-    """
-    orphaned = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            study.tell(trial.number, state=TrialState.FAIL)  # its reason: see fail_reason()
-            orphaned += 1
-    return orphaned
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def outcome(trial: FrozenTrial) -> str:
-    """running, complete, over budget (never trained), pruned (by the pruner) or failed."""
-    if trial.state == TrialState.PRUNED:
-        return "over budget" if trial.user_attrs.get("prune_reason") == "over budget" else "pruned"
-    return {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
-
-
-def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
-    """Trials by outcome, telling budget rejections apart from the pruner's stops."""
-    counts = dict.fromkeys(("running", "complete", "over budget", "pruned", "failed"), 0)
-    for trial in trials:
-        counts[outcome(trial)] += 1
-    return counts
-
-
-def fail_reason(trial: FrozenTrial) -> str:
-    """Why a trial failed, as its worker recorded it; a failed trial with no record lost its worker."""
-    if trial.state != TrialState.FAIL:
-        return ""
-    return trial.user_attrs.get("fail_reason", "worker died")
-
-
-def last_accuracy(trial: FrozenTrial) -> float | None:
-    """The final value of a completed trial, the last report of a pruned one, else None."""
-    if trial.value is not None:
-        return trial.value
-    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
-
-
-def trial_line(trial: FrozenTrial, elapsed: float) -> str:
-    """One finished trial, for logs: number, outcome, accuracy, size."""
-    accuracy = last_accuracy(trial)
-    value = f"{accuracy:.2f}%" if accuracy is not None else "-"
-    reason = f" ({fail_reason(trial)})" if trial.state == TrialState.FAIL else ""
-    params = trial.user_attrs.get("params", 0)
-    return f"[{elapsed:6.0f} s] trial {trial.number}: {outcome(trial)}{reason}, val {value}, {params:,} params"
-
-
-def progress_table(trials: list[FrozenTrial], started_with: int, requested: int, elapsed: float) -> Table:
-    """The live view: trial i/N of this run, counts by outcome, best so far."""
-    done = sum(t.state.is_finished() for t in trials[started_with:])
-    counts = count_states(trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    table = Table.grid(padding=(0, 2))
-    table.add_row("trials", f"{done}/{requested} this run, {len(trials)} in study", f"{elapsed:,.0f} s")
-    table.add_row("outcomes", ", ".join(f"{n} {k}" for k, n in counts.items()))
-    if complete:
-        best = max(complete, key=lambda t: t.value)
-        table.add_row(
-            "best",
-            f"#{best.number}: {best.value:.2f}% val, {best.user_attrs['params']:,} params",
-            Genome.from_dict(best.user_attrs["genome"]).describe(),
-        )
-    return table
-
-
-def top_trials_table(trials: list[FrozenTrial], top: int = 10) -> Table:
-    """The end-of-run summary: the best completed trials."""
-    table = Table(title=f"Top {top} trials by validation accuracy")
-    for column in ("#", "val acc %", "params", "MACs", "epochs", "max lr", "architecture"):
-        table.add_column(column, justify="left" if column == "architecture" else "right")
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
-    for t in complete[:top]:
-        table.add_row(
-            str(t.number),
-            f"{t.value:.2f}",
-            f"{t.user_attrs['params']:,}",
-            f"{t.user_attrs['macs']:,}",
-            f"{t.user_attrs.get('epochs_run', 0):g}",
-            f"{t.params['max_lr']:.3f}",
-            Genome.from_dict(t.user_attrs["genome"]).describe(),
-        )
-    return table
-
-
-CSV_COLUMNS = (
-    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason", "architecture",
-)  # fmt: skip
-
-
-def trials_csv(trials: list[FrozenTrial]) -> str:
-    """Every trial: number, outcome, size, validation accuracy, epochs and seconds trained, why it failed."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for t in trials:
-        attrs = t.user_attrs
-        accuracy = last_accuracy(t)
-        writer.writerow([
-            t.number,
-            outcome(t),
-            attrs.get("params", ""),
-            attrs.get("macs", ""),
-            f"{accuracy:.2f}" if accuracy is not None else "",
-            attrs.get("epochs_run", ""),
-            attrs.get("train_seconds", ""),
-            fail_reason(t),
-            Genome.from_dict(attrs["genome"]).describe() if "genome" in attrs else "",
-        ])  # fmt: skip
-    return buffer.getvalue()
-
-
-def plot_rows(trials: list[FrozenTrial]) -> list[dict]:
-    """The finished trials in the form nas.plots takes."""
-    return [
-        {"number": t.number, "params": t.user_attrs["params"], "outcome": outcome(t), "accuracy": last_accuracy(t)}
-        for t in trials
-        if t.state.is_finished() and "params" in t.user_attrs
-    ]
-
-
-def best_record(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> dict:
-    """best.json: the winner and everything needed to retrain it and to say how it was found."""
-    best = study.best_trial
-    return {
-        "study": study.study_name,
-        "trial": best.number,
-        "genome": best.user_attrs["genome"],
-        "params": best.user_attrs["params"],
-        "macs": best.user_attrs["macs"],
-        "max_params": space.max_params,
-        "val_accuracy": best.value,
-        "trial_epochs": space.trial.epochs,
-        "train": {
-            "max_lr": best.params["max_lr"],
-            "batch_size": space.training.batch_size,
-            "weight_decay": space.training.weight_decay,
-        },
-        # null: the MNIST copy bundled with the package, wherever the project lives.
-        "data": {
-            "dir": str(options.data_dir.resolve()) if options.data_dir else None,
-            "val_size": options.val_size,
-            "split_seed": options.seed,
-        },
-        "space": {"path": space.path, "sha256": space.sha256, "text": space.text},
-        "seed": options.seed,
-        "command": "python -m nas.search " + " ".join(sys.argv[1:]),
-        "versions": results.versions(),
-    }
-
-
 def search(options: SearchOptions, console: Console | None = None) -> optuna.Study:
     """Run `options.trials` more trials on the study, then write best.json and trials.csv."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
@@ -530,11 +147,10 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     # workers share these tensors (pickled for a spawned process, they move to shared memory).
     data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not is_database(options.storage):
-        repaired = journal.repair(Path(options.storage))
-        if repaired:
-            console.print(repaired)
-    study = open_study(options, space)
+    repaired = repair_journal(options.storage)
+    if repaired:
+        console.print(repaired)
+    study = open_study(options.study, options.storage, space, options.pruner, options.seed)
     # A database has heartbeats: Optuna fails and retries a dead worker's trial itself.
     orphaned = 0 if is_database(options.storage) else fail_orphaned_trials(study)
     if orphaned:
@@ -568,11 +184,11 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
                             f"[red]worker {index} died (exit code {worker.exitcode})[/]; its running trial "
                             f"marked failed ({failed}), the other workers go on"
                         )
-                trials = study.get_trials(deepcopy=False)  # polled every second: read, never modified
+                trials = records(study.get_trials(deepcopy=False))  # polled every second: read, never modified
                 live.update(progress_table(trials, started_with, options.trials, time.time() - start))
                 if not console.is_terminal:  # a log file gets a line per finished trial
                     for trial in trials[started_with:]:
-                        if trial.state.is_finished() and trial.number not in logged:
+                        if trial.outcome != "running" and trial.number not in logged:
                             console.print(trial_line(trial, time.time() - start))
                             logged.add(trial.number)
                 time.sleep(1.0)
@@ -582,26 +198,15 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
                 worker.terminate()  # SIGTERM: the worker records its running trial as failed and exits
         for worker in workers:
             worker.join()
-        live.update(progress_table(study.trials, started_with, options.trials, time.time() - start))
-    _report(study, space, options, console)
+        if not is_database(options.storage) and any(worker.exitcode != 0 for worker in workers):
+            # A worker killed just as Optuna created its trial left one that names no worker yet.
+            time.sleep(UNCLAIMED_SECONDS)
+            fail_orphaned_trials(study)
+        live.update(progress_table(records(study.trials), started_with, options.trials, time.time() - start))
+    write_report(study, space, options, console)
     if interrupted:
         raise KeyboardInterrupt
     return study
-
-
-def _report(study: optuna.Study, space: SearchSpace, options: SearchOptions, console: Console) -> None:
-    trials = study.trials
-    out = options.out
-    results.write_text(out / "trials.csv", trials_csv(trials))
-    if not any(t.state == TrialState.COMPLETE for t in trials):
-        console.print("[yellow]no trial completed yet, so no best.json; run the command again to continue[/]")
-        return
-    console.print(top_trials_table(trials))
-    best_path = out / "best.json"
-    results.write_json(best_path, best_record(study, space, options))
-    plots.plot_search(plot_rows(trials), space.max_params, out / "search.png")
-    console.print(f"wrote {best_path}, trials.csv and search.png to {out}; study: {redact(options.storage)}")
-    console.print(f"next: python -m nas.retrain {best_path} --epochs 19")
 
 
 def parse_args(argv: list[str] | None) -> SearchOptions:

@@ -13,10 +13,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nas import best
 from nas.errors import cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
 from nas.model import build_model, macs_by_layer
-from nas.retrain import load_candidate
 
 
 def describe_layer(module: torch.nn.Module) -> str:
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nas.show", description=__doc__.split("\n\n")[0])
     parser.add_argument("best", type=Path, help="best.json written by nas.search")
     args = parser.parse_args(argv)
-    candidate = load_candidate(args.best)
+    winner = best.load(args.best)
     console = Console(soft_wrap=True)
-    console.print(layer_table(candidate.genome))
-    params = param_count(candidate.genome)
+    console.print(layer_table(winner.genome))
+    params = param_count(winner.genome)
     console.print(
-        f"{params:,} of {candidate.max_params:,} parameters ({100 * params / candidate.max_params:.0f}% of the budget)"
+        f"{params:,} of {winner.max_params:,} parameters ({100 * params / winner.max_params:.0f}% of the budget)"
     )
     return 0
 

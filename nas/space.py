@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.errors import UserError
+from nas.errors import UserError, read_user_text
 from nas.genome import HEADS, INPUT_SIZE, Genome, Stage, param_count
+from nas.train import Recipe
 
 # Inside the package, so an installed nas finds its default; the repository shows them as search_spaces/.
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
@@ -43,6 +44,10 @@ class TrainingSpace:
     max_lr: Range  # one-cycle peak learning rate, sampled log-uniformly
     batch_size: int  # images per step
     weight_decay: float  # L2 on all weights
+
+    def recipe(self, max_lr: float) -> Recipe:
+        """The recipe of a trial that drew `max_lr`."""
+        return Recipe(max_lr=max_lr, batch_size=self.batch_size, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -213,12 +218,7 @@ def load_space(
 ) -> SearchSpace:
     """Read a search-space file, apply command-line overrides, and check the budget is reachable."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UserError(f"{path}: cannot read the search space ({error.strerror}); check --space") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; save the search space as UTF-8") from None
+    text = read_user_text(path, "the search space", "check --space, and save the file as UTF-8")
     # Name it relative to the working directory when inside it, so results read the same on any clone.
     where = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
     space = parse_space(text, where).with_overrides(max_params, trial_epochs, max_macs)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,21 @@ from nas.processes import die_with_parent, spawn
 # A replica that waits this long for another gives up on it (one that dies is noticed at once).
 REPLICA_TIMEOUT_SECONDS = 60
 LOOPBACK = "127.0.0.1"  # the replicas' exchange never leaves this machine
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimiser settings a search picks with the architecture and a retrain reuses."""
+
+    max_lr: float  # one-cycle peak learning rate
+    batch_size: int
+    weight_decay: float
+
+    def config(self, epochs: int, **how: Any) -> TrainConfig:
+        """A TrainConfig with this recipe; `how` sets the rest (seed, reports, precision, ...)."""
+        return TrainConfig(
+            epochs=epochs, max_lr=self.max_lr, batch_size=self.batch_size, weight_decay=self.weight_decay, **how
+        )
 
 
 @dataclass(frozen=True)

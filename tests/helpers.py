@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import optuna
 import torch
 
 from nas import machine
+from nas.best import Best, DataSplit
 from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from nas.genome import Genome, Stage, param_count
-from nas.search import sample_genome
+from nas.genome import Genome, Stage
+from nas.objective import sample_genome
 from nas.space import SPACES_DIR, load_space
+from nas.train import Recipe
 
 
 def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> Path:
@@ -72,16 +73,12 @@ TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout
 
 
 def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:
-    """A best.json as nas.search writes it, for a chosen genome."""
-    document = {
-        "genome": genome.to_dict(),
-        "params": param_count(genome),
-        "max_params": max_params,
-        "train": {"max_lr": 0.1, "batch_size": 64, "weight_decay": 5e-4},
-        "data": {"dir": str(tiny_dir), "val_size": 300, "split_seed": 0},
-    }
+    """A best.json as nas.search writes it, for a chosen genome, on the tiny data set."""
+    winner = Best(
+        genome, max_params, Recipe(max_lr=0.1, batch_size=64, weight_decay=5e-4), DataSplit(str(tiny_dir), 300, 0)
+    )
     path = tmp_path / "best.json"
-    path.write_text(json.dumps(document))
+    winner.write(path)
     return path
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from nas.search import Objective, TrialSlots, make_storage, run_trials
+from nas.objective import Objective
+from nas.search import TrialSlots, run_trials
 from nas.space import load_space
+from nas.study import make_storage
 from nas.train import Report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -5,8 +5,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nas.best import parse as parse_best
 from nas.errors import UserError
-from nas.retrain import parse_candidate
 from nas.space import DEFAULT_SPACE, parse_space
 
 json_values = st.recursive(
@@ -47,13 +47,13 @@ def accepts_or_explains(parse, text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(path=st.sampled_from(BEST_PATHS), value=json_values)
 def test_best_json_parser_raises_only_user_errors(path, value):
-    accepts_or_explains(parse_candidate, json.dumps(replaced(VALID_BEST, path, value)))
+    accepts_or_explains(parse_best, json.dumps(replaced(VALID_BEST, path, value)))
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=200))
 def test_best_json_parser_on_arbitrary_text(text):
-    accepts_or_explains(parse_candidate, text)
+    accepts_or_explains(parse_best, text)
 
 
 SPACE_LINES = DEFAULT_SPACE.read_text().splitlines()

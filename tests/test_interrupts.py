@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from nas.search import fail_reason
+from nas.trials import TrialRecord
 
 
 def start_search(tiny_dir: Path, space: Path, out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
@@ -58,7 +58,7 @@ def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(t
     after = {t.number: t for t in trials(tmp_path)}
     assert {n: after[n].value for n in completed} == completed
     assert after[interrupted].state == TrialState.FAIL
-    assert fail_reason(after[interrupted]) == "worker died"
+    assert TrialRecord.of(after[interrupted]).fail_reason == "worker died"
     assert not [t for t in after.values() if t.state == TrialState.RUNNING]
     assert len(after) == len(before) + 1
     assert (tmp_path / "best.json").exists()
@@ -73,7 +73,7 @@ def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tiny_
     message = err.strip().splitlines()
     assert len(message) == 1 and "Resume with: python -m nas.search" in message[0] and "Traceback" not in err
     interrupted = next(t for t in trials(tmp_path) if t.number == running)
-    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
+    assert TrialRecord.of(interrupted).fail_reason == "interrupted"
     assert (tmp_path / "best.json").exists()
 
 

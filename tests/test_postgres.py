@@ -15,6 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nas.trials import TrialRecord
+
 
 def postgres_bin(name: str) -> str | None:
     return shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
@@ -74,8 +76,8 @@ def test_two_workers_share_one_study_in_postgresql(postgres_url, tiny_dir, tiny_
     trials = optuna.load_study(study_name="shared", storage=postgres_url).trials
     assert sorted(t.number for t in trials) == list(range(8))  # none lost, none duplicated
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert all("genome" in t.user_attrs and t.value is not None for t in trials)
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert all(TrialRecord.of(t).genome is not None and t.value is not None for t in trials)
+    assert len({TrialRecord.of(t).worker for t in trials}) == 2
 
 
 def test_a_dead_workers_trial_is_failed_by_heartbeat_and_retried(postgres_url, tiny_dir, tiny_space, tmp_path):

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.best import parse as parse_best
 from nas.data import BUNDLED_MNIST
 from nas.errors import UserError
 from nas.genome import Genome, param_count
 from nas.model import build_model, with_normalisation
-from nas.retrain import SPEC_TESTS, RetrainOptions, main, parse_candidate, retrain
+from nas.retrain import SPEC_TESTS, RetrainOptions, main, retrain
 from tests.helpers import TINY_GENOME, best_json
 
 RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
@@ -125,7 +126,7 @@ def test_bad_best_json_is_one_line_and_exit_2(edit, problem, tmp_path, tiny_dir,
     assert problem in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError):
-        parse_candidate(path.read_text(), "best.json")
+        parse_best(path.read_text(), "best.json")
 
 
 def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):

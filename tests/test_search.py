@@ -2,21 +2,14 @@ import json
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from nas.genome import Genome, param_count
-from nas.search import (
-    BUDGET_CONSTRAINT,
-    CSV_COLUMNS,
-    MACS_CONSTRAINT,
-    Objective,
-    TrialSlots,
-    count_states,
-    main,
-    run_trials,
-)
+from nas.objective import Objective
+from nas.report import CSV_COLUMNS, count_states, records
+from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
 from nas.train import DivergedError, Report
+from nas.trials import MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
 
 # These tests are about the parameter budget and the pruner: no candidate may miss training for its MACs.
 NO_MACS_CAP = 10**12
@@ -62,18 +55,18 @@ def test_over_budget_candidates_never_reach_the_trainer(tiny_data):
     spy = SpyTrainer()
     study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
 
-    over = [t for t in study.trials if t.user_attrs["params"] > 6_000]
-    under = [t for t in study.trials if t.user_attrs["params"] <= 6_000]
+    over = [(t, TrialRecord.of(t)) for t in study.trials if TrialRecord.of(t).params > 6_000]
+    under = [(t, TrialRecord.of(t)) for t in study.trials if TrialRecord.of(t).params <= 6_000]
     assert over and under, "the space should produce both kinds at this budget"
     assert len(spy.models) == len(under)
     assert all(sum(p.numel() for p in model.parameters()) <= 6_000 for model in spy.models)
-    for t in over:
-        assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "over budget"
-        assert t.constraints[BUDGET_CONSTRAINT] == t.user_attrs["params"] - 6_000 > 0
+    for t, record in over:
+        assert record.outcome == "over budget"
+        assert t.constraints[PARAMS_CONSTRAINT] == record.params - 6_000 > 0
         assert t.intermediate_values == {}
-    for t in under:
-        assert t.state == TrialState.COMPLETE and t.constraints[BUDGET_CONSTRAINT] <= 0
-        assert param_count(Genome.from_dict(t.user_attrs["genome"])) == t.user_attrs["params"]
+    for t, record in under:
+        assert record.outcome == "complete" and t.constraints[PARAMS_CONSTRAINT] <= 0
+        assert param_count(record.genome) == record.params
 
 
 def test_a_macs_budget_is_a_second_constraint_checked_before_training(tiny_data):
@@ -81,16 +74,17 @@ def test_a_macs_budget_is_a_second_constraint_checked_before_training(tiny_data)
     spy = SpyTrainer()
     study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
 
-    trained = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    too_costly = [t for t in study.trials if t.user_attrs["params"] <= 20_000 and t.user_attrs.get("macs", 0) > 1.5e6]
+    pairs = [(t, TrialRecord.of(t)) for t in study.trials]
+    trained = [(t, record) for t, record in pairs if record.outcome == "complete"]
+    too_costly = [(t, record) for t, record in pairs if record.params <= 20_000 and (record.macs or 0) > 1.5e6]
     assert trained and too_costly, "the space should produce both kinds at this budget"
     assert len(spy.models) == len(trained)
-    for t in too_costly:
-        assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"] == "over budget"
-        assert t.constraints[MACS_CONSTRAINT] == t.user_attrs["macs"] - 1_500_000 > 0
-    for t in trained:
-        assert t.constraints[MACS_CONSTRAINT] <= 0 and t.constraints[BUDGET_CONSTRAINT] <= 0
-        assert t.user_attrs["train_seconds"] >= 0
+    for t, record in too_costly:
+        assert record.outcome == "over budget"
+        assert t.constraints[MACS_CONSTRAINT] == record.macs - 1_500_000 > 0
+    for t, record in trained:
+        assert t.constraints[MACS_CONSTRAINT] <= 0 and t.constraints[PARAMS_CONSTRAINT] <= 0
+        assert record.train_seconds >= 0
 
 
 def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections(tiny_data):
@@ -100,12 +94,12 @@ def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections
     objective = Objective(space, tiny_data, seed=0, train_fn=spy)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
     run_trials(study, objective, TrialSlots(25).claim)
-    counts = count_states(study.trials)
+    counts = count_states(records(study.trials))
     assert counts["pruned"] > 0 and counts["complete"] > 0
     assert sum(counts.values()) == 25
     final_step = space.trial.epochs * space.trial.reports_per_epoch
     for t in study.trials:
-        if t.user_attrs.get("prune_reason") == "pruner":
+        if TrialRecord.of(t).outcome == "pruned":
             assert max(t.intermediate_values) < final_step  # a finished run is never thrown away
 
 
@@ -120,8 +114,8 @@ def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tiny_data):
 
     space = load_space(DEFAULT_SPACE, max_params=100_000, max_macs=NO_MACS_CAP)
     study = run(Objective(space, tiny_data, seed=0, train_fn=diverging), 3)
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert "nan" in study.trials[0].user_attrs["fail_reason"]
+    assert [TrialRecord.of(t).outcome for t in study.trials] == ["failed", "complete", "complete"]
+    assert "nan" in TrialRecord.of(study.trials[0]).fail_reason
 
 
 def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_space, tmp_path, capsys):

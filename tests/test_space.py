@@ -40,8 +40,8 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("stages = [2, 3]", "stages = [2, 7]"), "architecture.stages", "must lie in"),
         (edited("max_params = 20_000", "max_params = true"), "budget.max_params", "must be an integer"),
         (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "optionally max_macs"),
-        (edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 1.5e6"), "budget.max_macs", "an integer"),
-        (edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 0"), "budget.max_macs", "positive"),
+        (edited("max_macs = 2_500_000", "max_macs = 1.5e6"), "budget.max_macs", "an integer"),
+        (edited("max_macs = 2_500_000", "max_macs = 0"), "budget.max_macs", "positive"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):
@@ -56,7 +56,7 @@ def test_each_validation_error_names_file_and_key(text, key, problem):
 
 def test_a_macs_budget_comes_from_the_file_or_the_command_line(tmp_path):
     path = tmp_path / "space.toml"
-    path.write_text(edited("max_params = 20_000", "max_params = 20_000\nmax_macs = 2_000_000"))
+    path.write_text(edited("max_macs = 2_500_000", "max_macs = 2_000_000"))
     assert load_space(path).max_macs == 2_000_000
     assert load_space(path, max_macs=1_000_000).max_macs == 1_000_000
     assert load_space(SPACES_DIR / "mnist_8k.toml").max_macs is None

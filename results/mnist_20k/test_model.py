@@ -52,8 +52,7 @@ def read_idx(directory: Path, stem: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(shape)
 
 
-@pytest.fixture(scope="module")
-def test_set(metrics) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_set(metrics: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images as float pixels in [0, 1], N x C x H x W, and their labels."""
     given = os.environ.get(TEST_DATA) or metrics["data"]["dir"]
     if not given or not Path(given).is_dir():
@@ -101,8 +100,8 @@ def test_trained_fewer_than_20_epochs(metrics):
     assert len(epochs_run) == metrics["epochs"] <= metrics["spec"]["max_epochs"] < 20
 
 
-def test_test_accuracy_meets_floor(program, metrics, test_set):
-    pixels, labels = test_set
+def test_test_accuracy_meets_floor(program, metrics):
+    pixels, labels = load_test_set(metrics)
     model = program.module()
     with torch.inference_mode():
         predictions = torch.cat([model(pixels[i : i + 500]).argmax(1) for i in range(0, len(pixels), 500)])

@@ -1,0 +1,114 @@
+"""The trial side of the search: sample a candidate, check its budgets, train it briefly.
+
+Each trial draws a genome and a learning rate, is rejected before it trains a step when it is
+over the parameter or MACs budget, and otherwise trains with a callback that reports validation
+accuracy to Optuna and obeys its pruner. What it records goes through nas.trials.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from nas import trials
+from nas.data import Dataset
+from nas.genome import Genome, Stage, param_count
+from nas.model import build_model, count_macs, with_normalisation
+from nas.space import ArchitectureSpace, SearchSpace
+from nas.train import DivergedError, Report, TrainConfig, train
+
+
+def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
+    """Draw an architecture from the space; parameter names are stable across trials."""
+    stages = []
+    for s in range(trial.suggest_categorical("stages", arch.stages)):
+        transition = trial.suggest_categorical(f"s{s}_transition", arch.transitions) if s else 0
+        blocks = trial.suggest_int(f"s{s}_blocks", *arch.blocks_per_stage)
+        widths = tuple(trial.suggest_categorical(f"s{s}_b{b}_width", arch.widths) for b in range(blocks))
+        stages.append(Stage(widths, transition))
+    return Genome(
+        stages=tuple(stages),
+        dropout=trial.suggest_float("dropout", *arch.dropout),
+        head=trial.suggest_categorical("head", arch.heads),
+    )
+
+
+def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int, precision: str = "auto") -> TrainConfig:
+    """The short training run a candidate gets: the space's trial budget and a sampled learning rate.
+
+    One process per trial: the search's parallelism is its worker processes.
+    """
+    recipe = space.training.recipe(trial.suggest_float(trials.MAX_LR, *space.training.max_lr, log=True))
+    return recipe.config(
+        epochs=space.trial.epochs,
+        reports_per_epoch=space.trial.reports_per_epoch,
+        seed=seed + trial.number,
+        precision=precision,
+        processes=1,
+    )
+
+
+TrainFn = Callable[..., list[Report]]
+
+
+@dataclass
+class Objective:
+    """Optuna objective: budget check first, then a short training run reporting to the pruner."""
+
+    space: SearchSpace
+    data: Dataset
+    seed: int
+    precision: str = "auto"  # TrainConfig.precision
+    train_fn: TrainFn = train  # replaceable so a test can spy on what reaches training
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        # Recorded per trial, so memory growth across trials shows in the study.
+        trials.record_worker(trial, worker_peak_rss_mib())
+        genome = sample_genome(trial, self.space.architecture)
+        params = param_count(genome)
+        trials.record_candidate(trial, genome, params, self.space.max_params)
+        if params > self.space.max_params:
+            raise trials.over_budget(trial, f"{params:,} parameters > budget {self.space.max_params:,}")
+        macs = count_macs(genome)
+        trials.record_macs(trial, macs, self.space.max_macs)
+        if self.space.max_macs is not None and macs > self.space.max_macs:
+            raise trials.over_budget(trial, f"{macs:,} MACs > budget {self.space.max_macs:,}")
+        config = trial_config(trial, self.space, self.seed, self.precision)
+        torch.manual_seed(config.seed)  # weight initialisation
+        model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
+
+        final_step = config.epochs * config.reports_per_epoch
+
+        def on_report(report: Report) -> None:
+            trials.record_report(trial, report.step, report.val_accuracy, report.epoch)
+            # Stopping at the final report saves nothing and would discard a finished result.
+            if report.step < final_step and trial.should_prune():
+                raise trials.pruned(trial, f"pruned at epoch {report.epoch:.2f}")
+
+        start = time.perf_counter()
+        try:
+            reports = self.train_fn(model, self.data, config, on_report)
+        except DivergedError as error:
+            trials.record_failure(trial, str(error))
+            raise
+        except KeyboardInterrupt:
+            trials.record_failure(trial, "interrupted")
+            raise
+        finally:
+            trials.record_train_seconds(trial, time.perf_counter() - start)
+        return reports[-1].val_accuracy
+
+
+def worker_peak_rss_mib() -> int | None:
+    """This process's peak resident memory since it started (Linux's VmHWM), MiB; None elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(kib) // 1024 if kib else None

@@ -1,0 +1,151 @@
+"""What a search shows and leaves behind: the live table, log lines, trials.csv, search.png, best.json.
+
+Every trial is read through nas.trials.TrialRecord, never through Optuna's attribute keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.table import Table
+
+from nas import plots, results
+from nas.best import Best, DataSplit
+from nas.space import SearchSpace
+from nas.study import redact
+from nas.trials import OUTCOMES, TrialRecord
+
+if TYPE_CHECKING:
+    from nas.search import SearchOptions
+
+CSV_COLUMNS = (
+    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason", "architecture",
+)  # fmt: skip
+
+
+def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
+    return [TrialRecord.of(trial) for trial in trials]
+
+
+def count_states(trials: list[TrialRecord]) -> dict[str, int]:
+    """Trials by outcome, telling budget rejections apart from the pruner's stops."""
+    counts = Counter(trial.outcome for trial in trials)
+    return {outcome: counts[outcome] for outcome in OUTCOMES}
+
+
+def trial_line(trial: TrialRecord, elapsed: float) -> str:
+    """One finished trial, for logs: number, outcome, accuracy, size."""
+    value = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
+    reason = f" ({trial.fail_reason})" if trial.fail_reason else ""
+    return (
+        f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}, {trial.params or 0:,} params"
+    )
+
+
+def _complete(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """Completed trials, best first."""
+    return sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
+
+
+def progress_table(trials: list[TrialRecord], started_with: int, requested: int, elapsed: float) -> Table:
+    """The live view: trial i/N of this run, counts by outcome, best so far."""
+    done = sum(t.outcome != "running" for t in trials[started_with:])
+    table = Table.grid(padding=(0, 2))
+    table.add_row("trials", f"{done}/{requested} this run, {len(trials)} in study", f"{elapsed:,.0f} s")
+    table.add_row("outcomes", ", ".join(f"{n} {k}" for k, n in count_states(trials).items()))
+    complete = _complete(trials)
+    if complete:
+        best = complete[0]
+        table.add_row(
+            "best", f"#{best.number}: {best.accuracy:.2f}% val, {best.params:,} params", best.genome.describe()
+        )
+    return table
+
+
+def top_trials_table(trials: list[TrialRecord], top: int = 10) -> Table:
+    """The end-of-run summary: the best completed trials."""
+    table = Table(title=f"Top {top} trials by validation accuracy")
+    for column in ("#", "val acc %", "params", "MACs", "epochs", "max lr", "architecture"):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for t in _complete(trials)[:top]:
+        table.add_row(
+            str(t.number), f"{t.accuracy:.2f}", f"{t.params:,}", f"{t.macs:,}", f"{t.epochs_run or 0:g}",
+            f"{t.max_lr:.3f}", t.genome.describe(),
+        )  # fmt: skip
+    return table
+
+
+def trials_csv(trials: list[TrialRecord]) -> str:
+    """Every trial: number, outcome, size, validation accuracy, epochs and seconds trained, why it failed."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for t in trials:
+        writer.writerow([
+            t.number, t.outcome, _blank(t.params), _blank(t.macs),
+            f"{t.accuracy:.2f}" if t.accuracy is not None else "", _blank(t.epochs_run), _blank(t.train_seconds),
+            t.fail_reason, t.genome.describe() if t.genome else "",
+        ])  # fmt: skip
+    return buffer.getvalue()
+
+
+def _blank(value: object) -> object:
+    return "" if value is None else value
+
+
+def plot_rows(trials: list[TrialRecord]) -> list[dict]:
+    """The finished trials that were sized, in the form nas.plots takes."""
+    return [
+        {"number": t.number, "params": t.params, "outcome": t.outcome, "accuracy": t.accuracy}
+        for t in trials
+        if t.outcome != "running" and t.params is not None
+    ]
+
+
+def best_of(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> Best:
+    """The winner, everything needed to retrain it, and how it was found."""
+    best = TrialRecord.of(study.best_trial)
+    return Best(
+        genome=best.genome,
+        max_params=space.max_params,
+        recipe=space.training.recipe(best.max_lr),
+        data=DataSplit(
+            dir=str(options.data_dir.resolve()) if options.data_dir else None,
+            val_size=options.val_size,
+            split_seed=options.seed,
+        ),
+        found={
+            "study": study.study_name,
+            "trial": best.number,
+            "macs": best.macs,
+            "val_accuracy": best.accuracy,
+            "trial_epochs": space.trial.epochs,
+            "space": {"path": space.path, "sha256": space.sha256, "text": space.text},
+            "seed": options.seed,
+            "command": "python -m nas.search " + " ".join(sys.argv[1:]),
+            "versions": results.versions(),
+        },
+    )
+
+
+def write_report(study: optuna.Study, space: SearchSpace, options: SearchOptions, console: Console) -> None:
+    """trials.csv always; with a completed trial, best.json and search.png too."""
+    trials = records(study.trials)
+    out = options.out
+    results.write_text(out / "trials.csv", trials_csv(trials))
+    if not _complete(trials):
+        console.print("[yellow]no trial completed yet, so no best.json; run the command again to continue[/]")
+        return
+    console.print(top_trials_table(trials))
+    best_path = out / "best.json"
+    best_of(study, space, options).write(best_path)
+    plots.plot_search(plot_rows(trials), space.max_params, out / "search.png")
+    console.print(f"wrote {best_path}, trials.csv and search.png to {out}; study: {redact(options.storage)}")
+    console.print(f"next: python -m nas.retrain {best_path} --epochs 19")

@@ -1,0 +1,182 @@
+"""The study and where it lives: storages, pruners, creating or resuming, and recovering from crashes.
+
+A journal file by default (concurrent writers on one host; optuna-dashboard opens it), or any
+database URL Optuna takes, with heartbeats so that a dead worker's trial is failed and retried.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from nas import journal
+from nas.errors import UserError
+from nas.space import SearchSpace
+from nas.trials import OBJECTIVE, TrialRecord
+
+PRUNERS = ("median", "hyperband", "none")
+
+# Database storages only: a trial whose worker is silent for twice this is failed and retried.
+HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
+
+DATABASE_ATTEMPTS = 3
+# A trial's worker names itself within milliseconds of Optuna creating the trial; a trial that
+# names none after this long lost its worker in between (journal files: nas.study.fail_orphaned_trials).
+UNCLAIMED_SECONDS = 5.0
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """A database storage for a URL, else a journal file: it takes concurrent writers on one
+    host (SQLite does not) and optuna-dashboard opens it directly.
+    """
+    if is_database(url):
+        return _open_database(url)
+    path = Path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except OSError as error:
+        raise UserError(f"cannot write the study journal {path} ({error.strerror}); check --storage") from None
+
+
+def _open_database(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so any worker can fail a dead worker's trial and retry it."""
+    # Workers starting together on a new database race to create Optuna's tables; a loser's
+    # attempt fails, and succeeds on a retry once the tables exist.
+    for attempt in range(DATABASE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except ImportError as error:
+            raise UserError(f"{redact(url)} needs a database driver ({error}); pip install -e '.[postgres]'") from None
+        except Exception as error:  # SQLAlchemy raises many types for a bad URL or server
+            if attempt == DATABASE_ATTEMPTS - 1:
+                raise UserError(
+                    f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage"
+                ) from None
+            time.sleep(1.0)
+
+
+def is_database(url: str) -> bool:
+    """A URL with a scheme names a database; anything else is a journal file path."""
+    return "://" in url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, fit to print."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
+    """Stop weak trials early: at each report their accuracy is compared with finished trials.
+
+    Not before one full epoch: under the one-cycle warm-up, the trials with the highest peak
+    learning rate look worst at first (seen here: 96.2% at half an epoch, then the study's best).
+    """
+    steps = space.trial.epochs * space.trial.reports_per_epoch
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=space.trial.reports_per_epoch)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=space.trial.reports_per_epoch, max_resource=steps, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def load_study(
+    name: str, storage: optuna.storages.BaseStorage, space: SearchSpace, pruner: str, sampler_seed: int
+) -> optuna.Study:
+    """The study called `name`; KeyError if it does not exist yet."""
+    return optuna.load_study(
+        study_name=name,
+        storage=storage,
+        # constant_liar: workers sharing a study do not all sample around the same running trial.
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, constant_liar=True),
+        pruner=make_pruner(pruner, space),
+    )
+
+
+def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) -> optuna.Study:
+    """Create the study or resume it; a study made with a different space or budget is refused."""
+    storage = make_storage(url)
+    try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
+        study = load_study(name, storage, space, pruner, seed)
+    except KeyError:
+        try:
+            created = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+            with warnings.catch_warnings():  # experimental in Optuna 5; users need not hear of it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                created.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another process, here or on another machine, created it first
+        study = load_study(name, storage, space, pruner, seed)
+    recorded = study.user_attrs.get("space_sha256")
+    if recorded is None:
+        study.set_user_attr("space_sha256", space.sha256)
+        study.set_user_attr("space_path", space.path)
+        study.set_user_attr("max_params", space.max_params)
+        study.set_user_attr("max_macs", space.max_macs)
+        study.set_user_attr("seed", seed)
+    elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
+        space.sha256,
+        space.max_params,
+        space.max_macs,
+    ):
+        raise UserError(
+            f"study {name!r} in {redact(url)} was made with another search space "
+            f"or budget ({study.user_attrs.get('space_path')}, max {study.user_attrs.get('max_params'):,} params, "
+            f"max MACs {study.user_attrs.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
+            "or a new --study name"
+        )
+    return study
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a dead worker on this host as failed; return how many.
+
+    A journal file has no heartbeat, but each trial records the host and pid of its worker right
+    after Optuna creates it. A worker killed in between leaves a trial that names no worker: it
+    is an orphan once it is older than any live worker takes to name itself.
+    """
+    orphaned = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = TrialRecord.of(trial).worker
+        if worker is None:
+            orphan = (datetime.now() - trial.datetime_start).total_seconds() > UNCLAIMED_SECONDS
+        else:
+            orphan = worker[0] == socket.gethostname() and not _alive(worker[1])
+        if orphan:
+            study.tell(trial.number, state=TrialState.FAIL)  # TrialRecord.fail_reason: "worker died"
+            orphaned += 1
+    return orphaned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def repair_journal(url: str) -> str | None:
+    """Before a study file is opened: move a record torn by a crash aside (nas.journal); what was done."""
+    return None if is_database(url) else journal.repair(Path(url))

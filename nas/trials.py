@@ -1,0 +1,119 @@
+"""A trial's record: what the objective writes on an Optuna trial, and how everything else reads it.
+
+The attribute names and their encodings live here and nowhere else. The objective writes through
+the functions below; reports, recovery and best.json read a trial through `TrialRecord`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.genome import Genome
+
+OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
+PARAMS_CONSTRAINT = "params_over_budget"  # params - budget: feasible when <= 0
+MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
+OUTCOMES = ("running", "complete", "over budget", "pruned", "failed")
+
+_WORKER, _PEAK_RSS, _GENOME, _PARAMS, _MACS = "worker", "worker_peak_rss_mib", "genome", "params", "macs"
+_PRUNE_REASON, _FAIL_REASON, _EPOCHS_RUN, _TRAIN_SECONDS = "prune_reason", "fail_reason", "epochs_run", "train_seconds"
+_OVER_BUDGET, _BY_PRUNER = "over budget", "pruner"
+MAX_LR = "max_lr"  # the sampled learning rate, an Optuna parameter
+
+
+def record_worker(trial: optuna.Trial, peak_rss_mib: int | None) -> None:
+    """Which process runs the trial (so a dead one's trial can be found) and its memory so far."""
+    trial.set_user_attr(_WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    if peak_rss_mib is not None:
+        trial.set_user_attr(_PEAK_RSS, peak_rss_mib)
+
+
+def record_candidate(trial: optuna.Trial, genome: Genome, params: int, max_params: int) -> None:
+    trial.set_user_attr(_GENOME, genome.to_dict())
+    trial.set_user_attr(_PARAMS, params)
+    trial.set_constraint(PARAMS_CONSTRAINT, params - max_params)
+
+
+def record_macs(trial: optuna.Trial, macs: int, max_macs: int | None) -> None:
+    trial.set_user_attr(_MACS, macs)
+    if max_macs is not None:
+        trial.set_constraint(MACS_CONSTRAINT, macs - max_macs)
+
+
+def over_budget(trial: optuna.Trial, message: str) -> optuna.TrialPruned:
+    """Mark the trial as rejected for its size, never trained; raise what this returns."""
+    trial.set_user_attr(_PRUNE_REASON, _OVER_BUDGET)
+    return optuna.TrialPruned(message)
+
+
+def record_report(trial: optuna.Trial, step: int, accuracy: float, epoch: float) -> None:
+    trial.report(accuracy, step)
+    trial.set_user_attr(_EPOCHS_RUN, round(epoch, 3))
+
+
+def pruned(trial: optuna.Trial, message: str) -> optuna.TrialPruned:
+    """Mark the trial as stopped by the pruner; raise what this returns."""
+    trial.set_user_attr(_PRUNE_REASON, _BY_PRUNER)
+    return optuna.TrialPruned(message)
+
+
+def record_failure(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr(_FAIL_REASON, reason)
+
+
+def record_train_seconds(trial: optuna.Trial, seconds: float) -> None:
+    trial.set_user_attr(_TRAIN_SECONDS, round(seconds, 1))
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the search reports it; fields a trial never reached are None."""
+
+    number: int
+    outcome: str  # one of OUTCOMES: over budget (never trained) and pruned (by the pruner) apart
+    accuracy: float | None  # the final value, or a pruned trial's last report
+    genome: Genome | None
+    params: int | None
+    macs: int | None
+    max_lr: float | None
+    epochs_run: float | None
+    train_seconds: float | None
+    fail_reason: str  # empty unless failed; a failed trial with no record lost its worker
+    worker: tuple[str, int] | None  # host and pid of the process that ran it
+    peak_rss_mib: int | None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        host, _, pid = str(attrs.get(_WORKER, "")).rpartition(":")
+        return cls(
+            number=trial.number,
+            outcome=_outcome(trial),
+            accuracy=_accuracy(trial),
+            genome=Genome.from_dict(attrs[_GENOME]) if _GENOME in attrs else None,
+            params=attrs.get(_PARAMS),
+            macs=attrs.get(_MACS),
+            max_lr=trial.params.get(MAX_LR),
+            epochs_run=attrs.get(_EPOCHS_RUN),
+            train_seconds=attrs.get(_TRAIN_SECONDS),
+            fail_reason=attrs.get(_FAIL_REASON, "worker died") if trial.state == TrialState.FAIL else "",
+            worker=(host, int(pid)) if host and pid.isdigit() else None,
+            peak_rss_mib=attrs.get(_PEAK_RSS),
+        )
+
+
+def _outcome(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.PRUNED:
+        return "over budget" if trial.user_attrs.get(_PRUNE_REASON) == _OVER_BUDGET else "pruned"
+    return {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
+
+
+def _accuracy(trial: FrozenTrial) -> float | None:
+    if trial.value is not None:
+        return trial.value
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None

@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     profile = machine.measure(cpu)
     chosen = profile.best()
     console.print(settings_table(profile, chosen))
-    console.print(f"cached the choice in {machine.save(profile)}")
+    try:
+        console.print(f"cached the choice in {machine.save(profile)}")
+    except OSError as error:
+        console.print(f"could not cache the choice ({error.strerror}); set NAS_CACHE_DIR to a writable folder")
     console.print(f"{len(data.train):,} training images, seed 004's net")
     seed = seed_style_epoch(data, warmup)
     trainers = {chosen.describe(): trainer_epoch(data, warmup, chosen)}

@@ -131,15 +131,23 @@ def profile(announce=print) -> Profile:
     """
     cpu = this_cpu()
     path = cache_path(cpu)
-    with _locked(path):
-        cached = _read(path)
-        if cached is not None:
-            return cached
-        announce(f"timing training settings on this CPU ({cpu.describe()}); once per machine, about half a minute")
-        measured = measure(cpu)
-        _write(path, measured)
-        announce(f"fastest here: {measured.best().describe()} (cached in {path})")
-        return measured
+    try:
+        with _locked(path):
+            cached = _read(path)
+            if cached is not None:
+                return cached
+            measured = _measure_announced(cpu, announce)
+            _write(path, measured)
+    except OSError as error:  # a read-only home, say: measure each time rather than fail
+        announce(f"cannot cache the timings in {path.parent} ({error.strerror}); set NAS_CACHE_DIR to keep them")
+        measured = _measure_announced(cpu, announce)
+    announce(f"fastest here: {measured.best().describe()}")
+    return measured
+
+
+def _measure_announced(cpu: Cpu, announce) -> Profile:
+    announce(f"timing training settings on this CPU ({cpu.describe()}); once per machine, about half a minute")
+    return measure(cpu)
 
 
 def save(measured: Profile) -> Path:

@@ -2,10 +2,10 @@
 
 With `processes` > 1 training is data-parallel: each replica process trains on its share of
 every batch with cores / processes torch threads, and the replicas sum their gradients with
-gloo's all-reduce over loopback. These networks' small convolutions and BatchNorms split badly across threads,
-so on some CPUs two single-threaded replicas train faster than one process with two threads.
-Whether they do, and whether bf16 autocast or channels-last pays, is measured per machine
-(nas.machine); a config leaves each choice to that measurement unless it forces it.
+gloo's all-reduce over loopback. These networks' small convolutions and BatchNorms split badly
+across threads, so on some CPUs two single-threaded replicas train faster than one process with
+two threads. Whether they do, and whether bf16 autocast or channels-last pays, is measured per
+machine (nas.machine); a config leaves each choice to that measurement unless it forces it.
 """
 
 from __future__ import annotations

@@ -63,6 +63,17 @@ def test_the_cache_is_read_not_remeasured_and_a_corrupt_one_is_remeasured(tmp_pa
     assert len(calls) == 2
 
 
+def test_an_unwritable_cache_is_measured_anyway_and_said_once(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAS_CACHE_DIR", str(blocker / "cache"))  # under a file: cannot be made
+    measured = fake_profile(fp32=1000, bf16=3000, one_process=2000, two_processes=1000)
+    monkeypatch.setattr(machine, "measure", lambda cpu: measured)
+    lines = []
+    assert machine.profile(announce=lines.append) == measured
+    assert any("set NAS_CACHE_DIR" in line for line in lines)
+
+
 def test_the_cache_key_changes_with_the_cpu():
     cpu = machine.this_cpu()
     other = machine.Cpu(cpu.model, "AVX512", not cpu.native_bf16, cpu.cores)

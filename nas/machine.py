@@ -4,8 +4,8 @@ These networks' small convolutions run at very different speeds across CPUs. bf1
 faster than fp32 where the CPU computes in bf16 natively (AVX-512-BF16, AMX), and 4-6x slower
 where it does not (AVX2-only). Channels-last helps or hurts depending on the kernels, and two
 one-thread replicas beat one two-thread process on some machines only. So the first training on
-a machine times a few steps of each setting (about half a minute) and caches the figures per CPU, core
-count and torch version, outside the repository; later runs read the cache.
+a machine times a few steps of each setting (about half a minute) and caches the figures per CPU,
+core count and torch version, outside the repository; later runs read the cache.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class Setting:
 class Cpu:
     model: str  # as /proc/cpuinfo names it
     capability: str  # torch's SIMD level: AVX2, AVX512, ...
-    native_bf16: bool  # oneDNN computes bf16 natively (AVX-512-BF16 or AMX)
-    cores: int  # torch threads available to training
+    native_bf16: bool  # oneDNN computes bf16 natively (AVX-512-BF16 or AMX); shown, not used to choose
+    cores: int  # logical CPUs (os.cpu_count())
 
     def describe(self) -> str:
         bf16 = "native bf16" if self.native_bf16 else "no native bf16"

@@ -1,6 +1,6 @@
 """Benchmark: the project's trainer against a seed-style PyTorch loop, and search throughput by --jobs.
 
-    python -m nas.bench                # about 5 minutes on 2 cores
+    python -m nas.bench                # about 12 minutes on a 2-core AVX2 CPU, 4 with AVX-512-BF16
     python -m nas.bench --quick        # smaller workloads, for a smoke run
 
 Everything is measured in one run on one machine, so the ratios compare like with like. The

@@ -108,9 +108,7 @@ def trainer_epoch(data: Dataset, warmup_batches: int, setting: Setting) -> dict:
     """One epoch of the same network with the project's trainer, its default recipe, and `setting`."""
     torch.manual_seed(0)
     model = nn.Sequential(Normalize(data.mean, data.std), seed_004_net())
-    config = TrainConfig(
-        epochs=1, seed=0, precision=setting.precision, channels_last=setting.channels_last, processes=setting.processes
-    )
+    config = TrainConfig(epochs=1, seed=0, **dataclasses.asdict(setting))
     marks: dict[str, float] = {}
 
     def on_step(epoch: int, step: int, steps: int) -> None:

@@ -10,6 +10,7 @@ core count and torch version, outside the repository; later runs read the cache.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -37,7 +38,7 @@ WARMUP_STEPS = 5  # the first steps build oneDNN's kernels
 
 @dataclass(frozen=True)
 class Setting:
-    """How the trainer runs: the trainer's three machine-dependent choices."""
+    """How the trainer runs: the trainer's three machine-dependent choices, named as TrainConfig's fields."""
 
     precision: str  # "fp32", or "bf16" autocast
     channels_last: bool  # memory format of activations and conv weights
@@ -58,6 +59,16 @@ class Cpu:
     def describe(self) -> str:
         bf16 = "native bf16" if self.native_bf16 else "no native bf16"
         return f"{self.model}, {self.cores} cores, {self.capability}, {bf16}"
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """--precision, as the search and the retrain both take it."""
+    parser.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="fp32, or bf16 autocast (default auto: the faster on this CPU, measured once and cached)",
+    )
 
 
 def this_cpu() -> Cpu:
@@ -131,23 +142,23 @@ def profile(announce=print) -> Profile:
     """
     cpu = this_cpu()
     path = cache_path(cpu)
+    timing = f"timing training settings on this CPU ({cpu.describe()}); about half a minute"
+    measured = None
     try:
         with _locked(path):
             cached = _read(path)
             if cached is not None:
                 return cached
-            measured = _measure_announced(cpu, announce)
+            announce(timing + ", once per machine")
+            measured = measure(cpu)
             _write(path, measured)
     except OSError as error:  # a read-only home, say: measure each time rather than fail
         announce(f"cannot cache the timings in {path.parent} ({error.strerror}); set NAS_CACHE_DIR to keep them")
-        measured = _measure_announced(cpu, announce)
+        if measured is None:  # the cache could not even be opened
+            announce(timing)
+            measured = measure(cpu)
     announce(f"fastest here: {measured.best().describe()}")
     return measured
-
-
-def _measure_announced(cpu: Cpu, announce) -> Profile:
-    announce(f"timing training settings on this CPU ({cpu.describe()}); once per machine, about half a minute")
-    return measure(cpu)
 
 
 def save(measured: Profile) -> Path:
@@ -225,12 +236,11 @@ def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float
     """Train the reference network under `setting` on random images until `seconds` have been timed."""
     from nas.train import TrainConfig, train  # here, not at the top: the trainer imports this module
 
+    data = synthetic_dataset(2048)
     torch.manual_seed(0)
-    model = with_normalisation(build_model(REFERENCE_GENOME), 0.5, 0.29)
+    model = with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
     # Epochs enough that the fastest setting on any CPU is timed long before training would end.
-    config = TrainConfig(
-        epochs=100, precision=setting.precision, channels_last=setting.channels_last, processes=setting.processes
-    )
+    config = TrainConfig(epochs=100, **asdict(setting))
     marks: dict[str, float] = {}
 
     def on_step(epoch: int, step: int, steps: int) -> None:
@@ -245,7 +255,7 @@ def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        train(model, synthetic_dataset(2048), config, on_step=on_step)
+        train(model, data, config, on_step=on_step)
     except _Enough:
         pass
     finally:

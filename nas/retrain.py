@@ -21,7 +21,7 @@ from nas import best, plots, results
 from nas.data import load_dataset
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
-from nas.machine import PRECISIONS
+from nas.machine import add_precision_option
 from nas.model import build_model, count_macs, with_normalisation
 from nas.train import ReplicaLost, Report, evaluate, train
 
@@ -173,12 +173,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         type=int,
         help="data-parallel training processes, each with cores / N threads (default: the faster here, measured)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", *PRECISIONS),
-        default="auto",
-        help="fp32, or bf16 autocast (default auto: the faster on this CPU, measured once and cached)",
-    )
+    add_precision_option(parser)
     parser.add_argument(
         "--min-accuracy",
         type=float,

@@ -29,7 +29,7 @@ from rich.live import Live
 from nas import machine, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
-from nas.machine import PRECISIONS
+from nas.machine import add_precision_option
 from nas.objective import Objective
 from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_process
 from nas.report import progress_table, records, trial_line, write_report
@@ -151,8 +151,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     if repaired:
         console.print(repaired)
     study = open_study(options.study, options.storage, space, options.pruner, options.seed)
-    # A database has heartbeats: Optuna fails and retries a dead worker's trial itself.
-    orphaned = 0 if is_database(options.storage) else fail_orphaned_trials(study)
+    orphaned = fail_orphaned_trials(study, options.storage)
     if orphaned:
         console.print(f"marked {orphaned} trial(s) of a dead worker as failed")
     started_with = len(study.trials)
@@ -179,7 +178,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
                 for index, worker in enumerate(workers):
                     if worker.exitcode not in (None, 0) and index not in dead:  # killed, or out of memory
                         dead.add(index)
-                        failed = 0 if is_database(options.storage) else fail_orphaned_trials(study)
+                        failed = fail_orphaned_trials(study, options.storage)
                         console.print(
                             f"[red]worker {index} died (exit code {worker.exitcode})[/]; its running trial "
                             f"marked failed ({failed}), the other workers go on"
@@ -201,7 +200,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         if not is_database(options.storage) and any(worker.exitcode != 0 for worker in workers):
             # A worker killed just as Optuna created its trial left one that names no worker yet.
             time.sleep(UNCLAIMED_SECONDS)
-            fail_orphaned_trials(study)
+            fail_orphaned_trials(study, options.storage)
         live.update(progress_table(records(study.trials), started_with, options.trials, time.time() - start))
     write_report(study, space, options, console)
     if interrupted:
@@ -225,12 +224,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--pruner", choices=PRUNERS, default="median")
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="worker processes")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", *PRECISIONS),
-        default="auto",
-        help="fp32, or bf16 autocast (default auto: the faster on this CPU, measured once and cached)",
-    )
+    add_precision_option(parser)
     parser.add_argument("--out", type=Path, help="result folder (default runs/<study>)")
     args = parser.parse_args(argv)
     for name in ("trials", "jobs", "val_size"):

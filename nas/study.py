@@ -6,10 +6,12 @@ database URL Optuna takes, with heartbeats so that a dead worker's trial is fail
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -52,8 +54,7 @@ def _open_database(url: str) -> optuna.storages.RDBStorage:
     # attempt fails, and succeeds on a retry once the tables exist.
     for attempt in range(DATABASE_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with _quietly_experimental():
                 return optuna.storages.RDBStorage(
                     url,
                     heartbeat_interval=HEARTBEAT_SECONDS,
@@ -67,6 +68,14 @@ def _open_database(url: str) -> optuna.storages.RDBStorage:
                     f"cannot open storage {redact(url)} ({type(error).__name__}); check --storage"
                 ) from None
             time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def _quietly_experimental() -> Iterator[None]:
+    """Heartbeats and metric names are experimental in Optuna 5; users need not hear of it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def is_database(url: str) -> bool:
@@ -120,8 +129,7 @@ def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) 
     except KeyError:
         try:
             created = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-            with warnings.catch_warnings():  # experimental in Optuna 5; users need not hear of it
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with _quietly_experimental():
                 created.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another process, here or on another machine, created it first
@@ -147,13 +155,16 @@ def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) 
     return study
 
 
-def fail_orphaned_trials(study: optuna.Study) -> int:
+def fail_orphaned_trials(study: optuna.Study, url: str) -> int:
     """Mark trials left RUNNING by a dead worker on this host as failed; return how many.
 
-    A journal file has no heartbeat, but each trial records the host and pid of its worker right
-    after Optuna creates it. A worker killed in between leaves a trial that names no worker: it
-    is an orphan once it is older than any live worker takes to name itself.
+    A database has heartbeats: Optuna fails and retries a dead worker's trial itself. A journal
+    file has none, but each trial records the host and pid of its worker right after Optuna
+    creates it. A worker killed in between leaves a trial that names no worker: it is an orphan
+    once it is older than any live worker takes to name itself.
     """
+    if is_database(url):
+        return 0
     orphaned = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = TrialRecord.of(trial).worker

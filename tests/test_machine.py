@@ -74,6 +74,21 @@ def test_an_unwritable_cache_is_measured_anyway_and_said_once(tmp_path, monkeypa
     assert any("set NAS_CACHE_DIR" in line for line in lines)
 
 
+def test_a_cache_that_cannot_be_written_is_measured_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
+    measured = fake_profile(fp32=1000, bf16=3000, one_process=2000, two_processes=1000)
+    calls = []
+    monkeypatch.setattr(machine, "measure", lambda cpu: calls.append(cpu) or measured)
+
+    def full_disk(path, profile):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(machine, "_write", full_disk)
+    lines = []
+    assert machine.profile(announce=lines.append) == measured
+    assert len(calls) == 1 and any("No space left" in line for line in lines)
+
+
 def test_the_cache_key_changes_with_the_cpu():
     cpu = machine.this_cpu()
     other = machine.Cpu(cpu.model, "AVX512", not cpu.native_bf16, cpu.cores)

@@ -3,6 +3,7 @@ any directory, with no repository around it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,7 +23,10 @@ def run(argv: list, cwd: Path | None = None) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_wheel_installed_elsewhere_searches_and_retrains(tmp_path, tiny_dir):
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, REPO])
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source it builds.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "__pycache__"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source])
     (wheel,) = tmp_path.glob("nas-*.whl")
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv])

@@ -139,13 +139,15 @@ max_params = 20_000
 stages = [3]
 blocks_per_stage = [2, 2]
 widths = [12]
-transitions = [8]
+kernels = [3]
+padding = ["same"]
 dropout = [0.05, 0.05]
 heads = ["gap"]
 [training]
 max_lr = [0.05, 0.05]
 batch_size = 128
-weight_decay = 5e-4
+weight_decay = [5e-4, 5e-4]
+augment_degrees = [7.0, 7.0]
 [trial]
 epochs = 1
 reports_per_epoch = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,7 @@ class Best:
             "genome": self.genome.to_dict(),
             "params": param_count(self.genome),
             "max_params": self.max_params,
-            "train": {
-                "max_lr": self.recipe.max_lr,
-                "batch_size": self.recipe.batch_size,
-                "weight_decay": self.recipe.weight_decay,
-            },
+            "train": asdict(self.recipe),
             "data": {"dir": self.data.dir, "val_size": self.data.val_size, "split_seed": self.data.split_seed},
             **self.found,
         }
@@ -76,6 +72,11 @@ def parse(text: str, where: str) -> Best:
             max_lr=float(_field(document, "train.max_lr", (int, float), where)),
             batch_size=_field(document, "train.batch_size", int, where),
             weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
+            augment_degrees=float(
+                _field(document, "train.augment_degrees", (int, float), where)
+                if "augment_degrees" in _field(document, "train", dict, where)
+                else DEFAULT_AUGMENT_DEGREES
+            ),
         ),
         data=DataSplit(
             dir=_field(document, "data.dir", (str, type(None)), where),
@@ -90,9 +91,15 @@ def parse(text: str, where: str) -> Best:
             "search again or raise max_params"
         )
     recipe = best.recipe
-    if not (0 < recipe.max_lr < math.inf and recipe.batch_size > 0 and 0 <= recipe.weight_decay < math.inf):
+    if not (
+        0 < recipe.max_lr < math.inf
+        and recipe.batch_size > 0
+        and 0 <= recipe.weight_decay < math.inf
+        and 0 <= recipe.augment_degrees < math.inf
+    ):
         raise UserError(
-            f"{where}: train.max_lr and batch_size must be positive, weight_decay finite; fix or regenerate it"
+            f"{where}: train.max_lr and batch_size must be positive, weight_decay and augment_degrees "
+            "finite and not negative; fix or regenerate it"
         )
     if best.data.val_size < 1:
         raise UserError(f"{where}: data.val_size must be positive; fix or regenerate it")
@@ -102,6 +109,10 @@ def parse(text: str, where: str) -> Best:
 def load(path: Path) -> Best:
     """Read and validate a best.json file."""
     return parse(read_user_text(path, "the best.json", "pass the best.json a search wrote"), str(path))
+
+
+# Written before augmentation was searched: those searches trained with this fixed rotation.
+DEFAULT_AUGMENT_DEGREES = 7.0
 
 
 def _field(document: dict, dotted: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -188,6 +188,15 @@ def load_dataset(
         mean=mean,
         std=std,
     )
+
+
+def with_validation_in_training(data: Dataset) -> Dataset:
+    """The same data with the validation images added to training: for a final model, once the search has chosen.
+
+    Validation figures then measure fit to images it trained on, not generalisation.
+    """
+    train = Split(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
+    return replace(data, train=train)
 
 
 def random_affine(

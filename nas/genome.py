@@ -1,9 +1,10 @@
 """The architecture genome: one frozen, JSON-round-trippable description of a CNN.
 
-A network is a sequence of stages at falling resolution. Each stage is a run of 3x3 conv blocks
-(conv, BatchNorm, ReLU) closed by Dropout; a 2x2 max-pool sits between stages, optionally followed by a
-1x1 transition conv that sets the width the next stage starts from (the seeds' "squeeze" step).
-The head maps the last feature map to class scores.
+A network is a sequence of stages; a 2x2 max-pool closes every stage but the last. A stage is a
+run of conv blocks (conv, BatchNorm, ReLU), each 3x3 or 1x1 and each padded ("same": the map keeps
+its size) or not ("valid": a 3x3 conv trims a pixel from every side). So the best hand designs are
+genomes: a few padded or valid convs at 28 px, one pool, a 1x1 squeeze, then valid convs that
+shrink the map to 5-7 px before the head. Dropout follows every pool and precedes the head.
 """
 
 from __future__ import annotations
@@ -18,17 +19,26 @@ HEADS = {
     "gap_fc": "global average pool, then a linear layer",
     "fc": "flatten the last feature map, then a linear layer",
 }
+KERNELS = (3, 1)
 INPUT_SIZE = 28
 IN_CHANNELS = 1
 NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
-class Stage:
-    """Conv blocks at one resolution; `transition` is the 1x1 conv width entering it (0: none)."""
+class Block:
+    """One conv, BatchNorm, ReLU."""
 
-    widths: tuple[int, ...]
-    transition: int = 0
+    width: int  # output channels
+    kernel: int = 3  # 3, or 1 for a pointwise squeeze or expansion
+    padded: bool = True  # "same" padding; False: "valid", the map shrinks by kernel - 1
+
+    def describe(self) -> str:
+        """`16` (3x3 padded), `16v` (3x3 valid), `16x1` (1x1)."""
+        return f"{self.width}x1" if self.kernel == 1 else f"{self.width}{'' if self.padded else 'v'}"
+
+
+Stage = tuple[Block, ...]  # conv blocks at one resolution
 
 
 @dataclass(frozen=True)
@@ -42,29 +52,31 @@ class Genome:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("a genome needs at least one stage")
-        if any(not stage.widths for stage in self.stages):
+        if any(not stage for stage in self.stages):
             raise ValueError("every stage needs at least one conv block")
-        if any(w <= 0 for stage in self.stages for w in stage.widths):
+        blocks = [block for stage in self.stages for block in stage]
+        if any(block.width <= 0 for block in blocks):
             raise ValueError("conv widths must be positive")
-        if any(stage.transition < 0 for stage in self.stages):
-            raise ValueError("transition widths must be 0 (none) or positive")
-        if self.stages[0].transition:
-            raise ValueError("the first stage has no pool before it, so no transition")
-        if final_size(len(self.stages)) < 1:
-            raise ValueError(f"{len(self.stages)} stages pool a {INPUT_SIZE}px input away to nothing")
+        if any(block.kernel not in KERNELS for block in blocks):
+            raise ValueError(f"conv kernels must be {' or '.join(map(str, KERNELS))}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must lie in [0, 1)")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        map_sizes(self)  # raises if the map shrinks away
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form (lists, not tuples); `from_dict` inverts it exactly."""
-        stages = [{"widths": list(stage.widths), "transition": stage.transition} for stage in self.stages]
+        stages = [[{"width": b.width, "kernel": b.kernel, "padded": b.padded} for b in stage] for stage in self.stages]
         return {"stages": stages, "dropout": self.dropout, "head": self.head}
 
     @classmethod
     def from_dict(cls, data: Any) -> Genome:
-        """Parse and validate the JSON form; any problem is a UserError naming the field."""
+        """Parse and validate the JSON form; any problem is a UserError naming the field.
+
+        Stages written before blocks had kernels and padding ({"widths": [...], "transition": t})
+        still load: a transition is a leading 1x1 block, every other block a padded 3x3.
+        """
         if not isinstance(data, dict):
             raise UserError("genome must be a JSON object with stages, dropout and head")
         expected = {"stages", "dropout", "head"}
@@ -83,12 +95,9 @@ class Genome:
             raise UserError(f"invalid genome: {error}; fix the file") from None
 
     def describe(self) -> str:
-        """A compact one-line form, e.g. `8-16|p t8 16-16|p 16 gap d0.05`."""
-        parts = []
-        for i, stage in enumerate(self.stages):
-            prefix = "" if i == 0 else (f"p t{stage.transition} " if stage.transition else "p ")
-            parts.append(prefix + "-".join(map(str, stage.widths)))
-        return " | ".join(parts) + f" {self.head} d{self.dropout:.2f}"
+        """A compact one-line form, e.g. `8v-16v-16v | 8x1-16v-16v-16v gap d0.00` (| is a max-pool)."""
+        stages = " | ".join("-".join(block.describe() for block in stage) for stage in self.stages)
+        return f"{stages} {self.head} d{self.dropout:.2f}"
 
 
 def _list(value: Any, name: str) -> list:
@@ -97,23 +106,59 @@ def _list(value: Any, name: str) -> list:
     return value
 
 
+BLOCK_FIELDS = {"width", "kernel", "padded"}
+
+
 def _parse_stage(data: Any) -> Stage:
-    if not isinstance(data, dict) or set(data) - {"widths", "transition"} or "widths" not in data:
-        raise UserError("each genome stage must be an object with widths (and optionally transition)")
+    if isinstance(data, dict):
+        return _parse_legacy_stage(data)
+    return tuple(_parse_block(block) for block in _list(data, "stages[]"))
+
+
+def _parse_block(data: Any) -> Block:
+    if not isinstance(data, dict) or "width" not in data or set(data) - BLOCK_FIELDS:
+        raise UserError("each genome block must be an object with width (and optionally kernel, padded)")
+    width, kernel, padded = data["width"], data.get("kernel", 3), data.get("padded", True)
+    if not _is_int(width) or not _is_int(kernel) or not isinstance(padded, bool):
+        raise UserError("genome block width and kernel must be integers, padded true or false")
+    return Block(width, kernel, padded)
+
+
+def _parse_legacy_stage(data: dict) -> Stage:
+    if set(data) - {"widths", "transition"} or "widths" not in data:
+        raise UserError("each genome stage must be a list of blocks (or, in older files, an object with widths)")
     widths = _list(data["widths"], "stages[].widths")
     transition = data.get("transition", 0)
     if not all(_is_int(w) for w in widths) or not _is_int(transition):
         raise UserError("genome stage widths and transition must be integers")
-    return Stage(widths=tuple(widths), transition=transition)
+    if transition < 0:
+        raise ValueError("transition widths must be 0 (none) or positive")
+    return ((Block(transition, kernel=1),) if transition else ()) + tuple(Block(w) for w in widths)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def final_size(num_stages: int) -> int:
-    """Side length of the last feature map: each pool between stages halves it (floor)."""
-    return INPUT_SIZE // 2 ** (num_stages - 1)
+def map_sizes(genome: Genome) -> list[int]:
+    """Side length of the feature map after each block, pools applied; raises if it shrinks away."""
+    size, sizes = INPUT_SIZE, []
+    for i, stage in enumerate(genome.stages):
+        if i:
+            if size < 2:
+                raise ValueError(f"stage {i + 1} follows a max-pool of a {size} px map; use fewer stages or pad")
+            size //= 2
+        for block in stage:
+            size -= 0 if block.padded else block.kernel - 1
+            if size < 1:
+                raise ValueError(f"valid convs shrink the {INPUT_SIZE} px input away by stage {i + 1}; pad more")
+            sizes.append(size)
+    return sizes
+
+
+def final_size(genome: Genome) -> int:
+    """Side length of the last feature map, the head's input."""
+    return map_sizes(genome)[-1]
 
 
 def _conv_bn_params(c_in: int, c_out: int, kernel: int) -> int:
@@ -124,11 +169,8 @@ def param_count(genome: Genome) -> int:
     """Exact number of trainable parameters of `build_model(genome)`, without building it."""
     total, channels = 0, IN_CHANNELS
     for stage in genome.stages:
-        if stage.transition:
-            total += _conv_bn_params(channels, stage.transition, 1)
-            channels = stage.transition
-        for width in stage.widths:
-            total += _conv_bn_params(channels, width, 3)
-            channels = width
-    head_inputs = channels * (final_size(len(genome.stages)) ** 2 if genome.head == "fc" else 1)
+        for block in stage:
+            total += _conv_bn_params(channels, block.width, block.kernel)
+            channels = block.width
+    head_inputs = channels * (final_size(genome) ** 2 if genome.head == "fc" else 1)
     return total + head_inputs * NUM_CLASSES + NUM_CLASSES

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from nas.data import Dataset, Split
-from nas.genome import Genome, Stage
+from nas.genome import Block, Genome
 from nas.model import build_model, with_normalisation
 
 PRECISIONS = ("fp32", "bf16")
@@ -213,7 +213,9 @@ def measure(cpu: Cpu | None = None, seconds: float = SECONDS_PER_SETTING) -> Pro
 
 # A mid-sized network of the default space (the shipped mnist_20k winner, 18,902 parameters).
 REFERENCE_GENOME = Genome(
-    stages=(Stage((20,)), Stage((12, 24), transition=8), Stage((24, 20, 8))), dropout=0.07, head="fc"
+    stages=((Block(20),), (Block(8, kernel=1), Block(12), Block(24)), (Block(24), Block(20), Block(8))),
+    dropout=0.07,
+    head="fc",
 )
 
 

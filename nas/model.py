@@ -9,12 +9,14 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, Genome, final_size
+from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, Block, Genome, final_size
 
 
-def conv_block(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
+def conv_block(c_in: int, block: Block) -> list[nn.Module]:
     """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU."""
-    return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+    padding = block.kernel // 2 if block.padded else 0
+    conv = nn.Conv2d(c_in, block.width, block.kernel, padding=padding, bias=False)
+    return [conv, nn.BatchNorm2d(block.width), nn.ReLU()]
 
 
 def build_head(head: str, channels: int, size: int) -> list[nn.Module]:
@@ -38,15 +40,12 @@ def build_model(genome: Genome) -> nn.Sequential:
         # pooled map has a quarter of the elements.
         if i and genome.dropout:
             layers.append(nn.Dropout(genome.dropout))
-        if stage.transition:
-            layers += conv_block(channels, stage.transition, 1)
-            channels = stage.transition
-        for width in stage.widths:
-            layers += conv_block(channels, width, 3)
-            channels = width
+        for block in stage:
+            layers += conv_block(channels, block)
+            channels = block.width
     if genome.dropout:
         layers.append(nn.Dropout(genome.dropout))
-    layers += build_head(genome.head, channels, final_size(len(genome.stages)))
+    layers += build_head(genome.head, channels, final_size(genome))
     return nn.Sequential(*layers)
 
 

@@ -11,26 +11,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
 from nas import trials
 from nas.data import Dataset
-from nas.genome import Genome, Stage, param_count
+from nas.genome import Block, Genome, param_count
 from nas.model import build_model, count_macs, with_normalisation
-from nas.space import ArchitectureSpace, SearchSpace
-from nas.train import DivergedError, Report, TrainConfig, train
+from nas.space import PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
+from nas.train import DivergedError, Recipe, Report, TrainConfig, train
 
 
 def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
-    """Draw an architecture from the space; parameter names are stable across trials."""
+    """Draw an architecture from the space; parameter names are stable across trials.
+
+    Raises ValueError for a draw whose valid convs shrink the map away.
+    """
     stages = []
     for s in range(trial.suggest_categorical("stages", arch.stages)):
-        transition = trial.suggest_categorical(f"s{s}_transition", arch.transitions) if s else 0
-        blocks = trial.suggest_int(f"s{s}_blocks", *arch.blocks_per_stage)
-        widths = tuple(trial.suggest_categorical(f"s{s}_b{b}_width", arch.widths) for b in range(blocks))
-        stages.append(Stage(widths, transition))
+        blocks = []
+        for b in range(trial.suggest_int(f"s{s}_blocks", *arch.blocks_per_stage)):
+            width = trial.suggest_categorical(f"s{s}_b{b}_width", arch.widths)
+            kernel = trial.suggest_categorical(f"s{s}_b{b}_kernel", arch.kernels)
+            # A 1x1 conv is the same padded or not, so it draws no padding.
+            padding = trial.suggest_categorical(f"s{s}_b{b}_padding", arch.padding) if kernel > 1 else "same"
+            blocks.append(Block(width, kernel, PADDINGS[padding]))
+        stages.append(tuple(blocks))
     return Genome(
         stages=tuple(stages),
         dropout=trial.suggest_float("dropout", *arch.dropout),
@@ -38,16 +46,40 @@ def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
     )
 
 
-def trial_config(trial: optuna.Trial, space: SearchSpace, seed: int, precision: str = "auto") -> TrainConfig:
-    """The short training run a candidate gets: the space's trial budget and a sampled learning rate.
+def genome_params(genome: Genome) -> dict[str, Any]:
+    """The Optuna parameters from which `sample_genome` draws exactly `genome`: what enqueueing it takes."""
+    padding_of = {padded: name for name, padded in PADDINGS.items()}
+    params: dict[str, Any] = {"stages": len(genome.stages), "dropout": genome.dropout, "head": genome.head}
+    for s, stage in enumerate(genome.stages):
+        params[f"s{s}_blocks"] = len(stage)
+        for b, block in enumerate(stage):
+            params[f"s{s}_b{b}_width"] = block.width
+            params[f"s{s}_b{b}_kernel"] = block.kernel
+            if block.kernel > 1:
+                params[f"s{s}_b{b}_padding"] = padding_of[block.padded]
+    return params
+
+
+def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
+    """Draw the training settings; a range whose ends are equal fixes the value."""
+    weight_decay = training.weight_decay
+    return Recipe(
+        max_lr=trial.suggest_float("max_lr", *training.max_lr, log=True),
+        batch_size=training.batch_size,
+        weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=weight_decay[0] > 0),
+        augment_degrees=trial.suggest_float("augment_degrees", *training.augment_degrees),
+    )
+
+
+def trial_config(recipe: Recipe, space: SearchSpace, seed: int, trial_number: int, precision: str) -> TrainConfig:
+    """The short training run a candidate gets: the space's trial budget under the trial's recipe.
 
     One process per trial: the search's parallelism is its worker processes.
     """
-    recipe = space.training.recipe(trial.suggest_float(trials.MAX_LR, *space.training.max_lr, log=True))
     return recipe.config(
         epochs=space.trial.epochs,
         reports_per_epoch=space.trial.reports_per_epoch,
-        seed=seed + trial.number,
+        seed=seed + trial_number,
         precision=precision,
         processes=1,
     )
@@ -69,7 +101,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         # Recorded per trial, so memory growth across trials shows in the study.
         trials.record_worker(trial, worker_peak_rss_mib())
-        genome = sample_genome(trial, self.space.architecture)
+        try:
+            genome = sample_genome(trial, self.space.architecture)
+        except ValueError as error:
+            raise trials.infeasible(trial, str(error)) from None
         params = param_count(genome)
         trials.record_candidate(trial, genome, params, self.space.max_params)
         if params > self.space.max_params:
@@ -78,7 +113,9 @@ class Objective:
         trials.record_macs(trial, macs, self.space.max_macs)
         if self.space.max_macs is not None and macs > self.space.max_macs:
             raise trials.over_budget(trial, f"{macs:,} MACs > budget {self.space.max_macs:,}")
-        config = trial_config(trial, self.space, self.seed, self.precision)
+        recipe = sample_recipe(trial, self.space.training)
+        trials.record_recipe(trial, recipe)
+        config = trial_config(recipe, self.space, self.seed, trial.number, self.precision)
         torch.manual_seed(config.seed)  # weight initialisation
         model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from nas.search import SearchOptions
 
 CSV_COLUMNS = (
-    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason", "architecture",
+    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason",
+    "max_lr", "weight_decay", "augment_degrees", "known_design", "architecture",
 )  # fmt: skip
 
 
@@ -44,9 +45,9 @@ def trial_line(trial: TrialRecord, elapsed: float) -> str:
     """One finished trial, for logs: number, outcome, accuracy, size."""
     value = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
     reason = f" ({trial.fail_reason})" if trial.fail_reason else ""
-    return (
-        f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}, {trial.params or 0:,} params"
-    )
+    size = f", {trial.params:,} params" if trial.params is not None else ""
+    known = f", known design {trial.known_design}" if trial.known_design else ""
+    return f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}{size}{known}"
 
 
 def _complete(trials: list[TrialRecord]) -> list[TrialRecord]:
@@ -77,7 +78,7 @@ def top_trials_table(trials: list[TrialRecord], top: int = 10) -> Table:
     for t in _complete(trials)[:top]:
         table.add_row(
             str(t.number), f"{t.accuracy:.2f}", f"{t.params:,}", f"{t.macs:,}", f"{t.epochs_run or 0:g}",
-            f"{t.max_lr:.3f}", t.genome.describe(),
+            f"{t.recipe.max_lr:.3f}" if t.recipe else "", t.genome.describe(),
         )  # fmt: skip
     return table
 
@@ -91,9 +92,13 @@ def trials_csv(trials: list[TrialRecord]) -> str:
         writer.writerow([
             t.number, t.outcome, _blank(t.params), _blank(t.macs),
             f"{t.accuracy:.2f}" if t.accuracy is not None else "", _blank(t.epochs_run), _blank(t.train_seconds),
-            t.fail_reason, t.genome.describe() if t.genome else "",
+            t.fail_reason, *(_blank(t.recipe and getattr(t.recipe, knob)) for knob in RECIPE_KNOBS),
+            _blank(t.known_design), t.genome.describe() if t.genome else "",
         ])  # fmt: skip
     return buffer.getvalue()
+
+
+RECIPE_KNOBS = ("max_lr", "weight_decay", "augment_degrees")  # the recipe a space samples
 
 
 def _blank(value: object) -> object:
@@ -115,7 +120,7 @@ def best_of(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> 
     return Best(
         genome=best.genome,
         max_params=space.max_params,
-        recipe=space.training.recipe(best.max_lr),
+        recipe=best.recipe,
         data=DataSplit(
             dir=str(options.data_dir.resolve()) if options.data_dir else None,
             val_size=options.val_size,

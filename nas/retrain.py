@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from nas import best, plots, results
-from nas.data import load_dataset
+from nas import best, known, plots, results
+from nas.data import load_dataset, with_validation_in_training
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
 from nas.machine import add_precision_option
@@ -28,6 +28,10 @@ from nas.train import ReplicaLost, Report, evaluate, train
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
 DEFAULT_MIN_ACCURACY = 99.4  # percent on the test set; the seeds' floor
+TRAIN_ON = {
+    "all": "every training image: the search's training and validation splits",
+    "split": "the search's training split only; validation figures stay unseen",
+}
 
 
 def export_frozen(model: nn.Module, path: Path) -> None:
@@ -45,11 +49,12 @@ def layer_names(model: nn.Module) -> list[str]:
     return [type(m).__name__ for m in model.modules() if not list(m.children())]
 
 
-def epoch_line(report: Report, epochs: int) -> str:
+def epoch_line(report: Report, epochs: int, val_name: str = "val") -> str:
     return (
         f"epoch {round(report.epoch):>2}/{epochs}  "
         f"train loss {report.train_loss:.4f} acc {report.train_accuracy:.2f}%  "
-        f"val loss {report.val_loss:.4f} acc {report.val_accuracy:.2f}%  lr {report.lr:.4f}  {report.seconds:.0f} s"
+        f"{val_name} loss {report.val_loss:.4f} acc {report.val_accuracy:.2f}%  "
+        f"lr {report.lr:.4f}  {report.seconds:.0f} s"
     )
 
 
@@ -64,6 +69,8 @@ class RetrainOptions:
     min_accuracy: float
     processes: int | None = None  # data-parallel training replicas; None: as measured on this machine
     precision: str = "auto"  # TrainConfig.precision
+    train_on: str = "all"  # one of TRAIN_ON
+    design: str | None = None  # a known design's name: train it instead of best.json's genome, same recipe
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
@@ -71,19 +78,24 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
     winner = best.load(options.best)
     max_params = options.max_params or winner.max_params
-    genome, params = winner.genome, param_count(winner.genome)
+    genome = known.by_name(options.design).genome if options.design else winner.genome
+    params = param_count(genome)
     if params > max_params:
         raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
     results.check_writable(options.out)
     data_dir = str(options.data_dir.resolve()) if options.data_dir else winner.data.dir
     data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed)
+    if options.train_on == "all":
+        data = with_validation_in_training(data)
     config = winner.recipe.config(
         epochs=options.epochs, seed=options.seed, precision=options.precision, processes=options.processes
     ).resolved()
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
     log = [
-        f"retrain {options.best}: {genome.describe()}, {params:,} params, {options.epochs} epochs, "
+        f"retrain {options.best}"
+        + (f" as known design {options.design}" if options.design else "")
+        + f": {genome.describe()}, {params:,} params, {options.epochs} epochs on {len(data.train):,} images, "
         f"seed {options.seed}, {config.precision}, {config.processes} training process(es)"
     ]
     console.print(log[0])
@@ -103,7 +115,8 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
             progress.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{options.epochs}")
 
         def on_report(report: Report) -> None:
-            log.append(epoch_line(report, options.epochs))
+            # Trained on, the validation images only show the fit.
+            log.append(epoch_line(report, options.epochs, "val" if options.train_on == "split" else "val (trained on)"))
             progress.console.print(log[-1])
 
         reports = train(model, data, config, on_report=on_report, on_step=on_step)
@@ -126,12 +139,19 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "epochs": options.epochs,
         "train": asdict(config),
         "history": [asdict(r) for r in reports],
-        "val_accuracy": reports[-1].val_accuracy,
+        # Only unseen images make it a validation figure.
+        "val_accuracy": reports[-1].val_accuracy if options.train_on == "split" else None,
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "train_seconds": round(train_seconds, 1),
         "seed": options.seed,
-        "data": {"dir": data_dir, "val_size": winner.data.val_size, "split_seed": winner.data.split_seed},
+        "data": {
+            "dir": data_dir,
+            "val_size": winner.data.val_size,
+            "split_seed": winner.data.split_seed,
+            "trained_on": f"{options.train_on}: {TRAIN_ON[options.train_on]} ({len(data.train):,} images)",
+        },
+        "known_design": options.design,
         "input": {
             "shape": ["N", IN_CHANNELS, INPUT_SIZE, INPUT_SIZE],
             "dtype": "float32",
@@ -175,6 +195,18 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     )
     add_precision_option(parser)
     parser.add_argument(
+        "--train-on",
+        choices=TRAIN_ON,
+        default="all",
+        help="all: every training image (default; the search has already chosen on validation); "
+        "split: the search's training split only",
+    )
+    parser.add_argument(
+        "--design",
+        choices=[d.name for d in known.known_designs()],
+        help="train this known design (nas/known_designs.json) with best.json's recipe instead of its genome",
+    )
+    parser.add_argument(
         "--min-accuracy",
         type=float,
         default=DEFAULT_MIN_ACCURACY,
@@ -197,6 +229,8 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         min_accuracy=args.min_accuracy,
         processes=args.processes,
         precision=args.precision,
+        train_on=args.train_on,
+        design=args.design,
     )
 
 

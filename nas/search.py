@@ -96,6 +96,7 @@ class SearchOptions:
     out: Path
     max_macs: int | None = None
     precision: str = "auto"  # TrainConfig.precision
+    known_designs: bool = True  # a new study starts with the known designs that fit
 
 
 def _worker(
@@ -150,7 +151,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     repaired = repair_journal(options.storage)
     if repaired:
         console.print(repaired)
-    study = open_study(options.study, options.storage, space, options.pruner, options.seed)
+    study = open_study(options.study, options.storage, space, options.pruner, options.seed, options.known_designs)
     orphaned = fail_orphaned_trials(study, options.storage)
     if orphaned:
         console.print(f"marked {orphaned} trial(s) of a dead worker as failed")
@@ -226,6 +227,12 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
     add_precision_option(parser)
     parser.add_argument("--out", type=Path, help="result folder (default runs/<study>)")
+    parser.add_argument(
+        "--no-known-designs",
+        dest="known_designs",
+        action="store_false",
+        help="do not start a new study with the published designs that fit (nas/known_designs.json)",
+    )
     args = parser.parse_args(argv)
     for name in ("trials", "jobs", "val_size"):
         if getattr(args, name) < 1:
@@ -253,6 +260,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         out=out,
         max_macs=args.max_macs,
         precision=args.precision,
+        known_designs=args.known_designs,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import tomllib
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import UserError, read_user_text
-from nas.genome import HEADS, INPUT_SIZE, Genome, Stage, param_count
-from nas.train import Recipe
+from nas.genome import HEADS, INPUT_SIZE, KERNELS, Block, Genome, param_count
 
 # Inside the package, so an installed nas finds its default; the repository shows them as search_spaces/.
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
 MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
+PADDINGS = {"same": True, "valid": False}  # a block's padding choice: Block.padded
 
 Range = tuple[float, float]  # [min, max], both inclusive
 IntRange = tuple[int, int]
@@ -31,23 +32,33 @@ IntRange = tuple[int, int]
 
 @dataclass(frozen=True)
 class ArchitectureSpace:
-    stages: tuple[int, ...]  # choices: number of resolution stages (28, 14, 7, ... px)
-    blocks_per_stage: IntRange  # 3x3 conv blocks in each stage
+    stages: tuple[int, ...]  # choices: number of stages; a 2x2 max-pool closes each but the last
+    blocks_per_stage: IntRange  # conv blocks in each stage
     widths: tuple[int, ...]  # choices: output channels of each block
-    transitions: tuple[int, ...]  # choices: 1x1 conv width after each pool; 0 = none
+    kernels: tuple[int, ...]  # choices per block: 3, or 1 (a pointwise squeeze or expansion)
+    padding: tuple[str, ...]  # choices per 3x3 block among PADDINGS
     dropout: Range  # one rate for the whole network, sampled uniformly
     heads: tuple[str, ...]  # choices among nas.genome.HEADS
+
+    def can_draw(self, genome: Genome) -> bool:
+        """Whether sampling can produce this architecture (its dropout aside: a rate is clipped into range)."""
+        padding_names = {padded: name for name, padded in PADDINGS.items()}
+        blocks = [block for stage in genome.stages for block in stage]
+        return (
+            len(genome.stages) in self.stages
+            and all(self.blocks_per_stage[0] <= len(stage) <= self.blocks_per_stage[1] for stage in genome.stages)
+            and all(block.width in self.widths and block.kernel in self.kernels for block in blocks)
+            and all(padding_names[block.padded] in self.padding for block in blocks if block.kernel > 1)
+            and genome.head in self.heads
+        )
 
 
 @dataclass(frozen=True)
 class TrainingSpace:
     max_lr: Range  # one-cycle peak learning rate, sampled log-uniformly
     batch_size: int  # images per step
-    weight_decay: float  # L2 on all weights
-
-    def recipe(self, max_lr: float) -> Recipe:
-        """The recipe of a trial that drew `max_lr`."""
-        return Recipe(max_lr=max_lr, batch_size=self.batch_size, weight_decay=self.weight_decay)
+    weight_decay: Range  # L2 on all weights; log-uniformly unless the range starts at 0
+    augment_degrees: Range  # max random rotation; 0 turns augmentation off
 
 
 @dataclass(frozen=True)
@@ -75,17 +86,18 @@ class SearchSpace:
         """The architecture with the fewest parameters this space can produce."""
         arch = self.architecture
         width, blocks = min(arch.widths), arch.blocks_per_stage[0]
-        # Every stage then starts from `width` channels, so one transition choice is best for all.
-        candidates = (
-            Genome(
-                stages=tuple(Stage((width,) * blocks, transition if i else 0) for i in range(n)),
-                dropout=arch.dropout[0],
-                head=head,
+        candidates = []
+        for n, head, kernel, padding in itertools.product(arch.stages, arch.heads, arch.kernels, arch.padding):
+            block = Block(width, kernel, PADDINGS[padding])
+            try:
+                candidates.append(Genome(stages=((block,) * blocks,) * n, dropout=arch.dropout[0], head=head))
+            except ValueError:
+                continue  # valid convs shrink the map away at this depth
+        if not candidates:
+            raise UserError(
+                f"{self.path}: no architecture of the smallest depth fits a {INPUT_SIZE} px input; "
+                "allow fewer stages or blocks, or same padding"
             )
-            for n in arch.stages
-            for head in arch.heads
-            for transition in arch.transitions
-        )
         return min(candidates, key=param_count)
 
     def with_overrides(
@@ -169,12 +181,14 @@ def _check_values(space: SearchSpace, where: str) -> None:
         ),
         (arch.blocks_per_stage[0] >= 1, "architecture.blocks_per_stage must start at 1 or more"),
         (all(w > 0 for w in arch.widths), "architecture.widths must be positive"),
-        (all(t >= 0 for t in arch.transitions), "architecture.transitions must be 0 (none) or positive"),
+        (set(arch.kernels) <= set(KERNELS), f"architecture.kernels must be among {', '.join(map(str, KERNELS))}"),
+        (set(arch.padding) <= set(PADDINGS), f"architecture.padding must be among {', '.join(PADDINGS)}"),
         (0 <= arch.dropout[0] and arch.dropout[1] < 1, "architecture.dropout must lie in [0, 1)"),
         (set(arch.heads) <= set(HEADS), f"architecture.heads must be among {', '.join(HEADS)}"),
         (training.max_lr[0] > 0, "training.max_lr must be positive (it is sampled log-uniformly)"),
         (training.batch_size >= 1, "training.batch_size must be at least 1"),
-        (training.weight_decay >= 0, "training.weight_decay must not be negative"),
+        (training.weight_decay[0] >= 0, "training.weight_decay must not be negative"),
+        (training.augment_degrees[0] >= 0, "training.augment_degrees must not be negative"),
         (trial.epochs >= 1, "trial.epochs must be at least 1"),
         (trial.reports_per_epoch >= 1, "trial.reports_per_epoch must be at least 1"),
     ]

@@ -14,14 +14,19 @@ import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from nas import journal
+from nas import journal, known
 from nas.errors import UserError
+from nas.genome import param_count
+from nas.known import KnownDesign
+from nas.model import count_macs
+from nas.objective import genome_params
 from nas.space import SearchSpace
-from nas.trials import OBJECTIVE, TrialRecord
+from nas.trials import KNOWN_DESIGN, OBJECTIVE, TrialRecord
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -121,8 +126,14 @@ def load_study(
     )
 
 
-def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) -> optuna.Study:
-    """Create the study or resume it; a study made with a different space or budget is refused."""
+def open_study(
+    name: str, url: str, space: SearchSpace, pruner: str, seed: int, known_designs: bool = True
+) -> optuna.Study:
+    """Create the study or resume it; a study made with a different space or budget is refused.
+
+    A new study's first trials are the known designs that fit its space and budgets (unless
+    `known_designs` is False), so the search starts from the best published nets and must beat them.
+    """
     storage = make_storage(url)
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
         study = load_study(name, storage, space, pruner, seed)
@@ -141,6 +152,9 @@ def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) 
         study.set_user_attr("max_params", space.max_params)
         study.set_user_attr("max_macs", space.max_macs)
         study.set_user_attr("seed", seed)
+        if known_designs:
+            for design in designs_to_beat(space):
+                study.enqueue_trial(design_params(design, space), user_attrs={KNOWN_DESIGN: design.name})
     elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
         space.sha256,
         space.max_params,
@@ -153,6 +167,23 @@ def open_study(name: str, url: str, space: SearchSpace, pruner: str, seed: int) 
             "or a new --study name"
         )
     return study
+
+
+def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
+    """The known designs this space can draw, within its parameter and MACs budgets."""
+    return [
+        design
+        for design in known.known_designs()
+        if space.architecture.can_draw(design.genome)
+        and param_count(design.genome) <= space.max_params
+        and (space.max_macs is None or count_macs(design.genome) <= space.max_macs)
+    ]
+
+
+def design_params(design: KnownDesign, space: SearchSpace) -> dict[str, Any]:
+    """The Optuna parameters that draw the design; its dropout clipped into the space's range."""
+    low, high = space.architecture.dropout
+    return {**genome_params(design.genome), "dropout": min(max(design.genome.dropout, low), high)}
 
 
 def fail_orphaned_trials(study: optuna.Study, url: str) -> int:

@@ -36,17 +36,16 @@ LOOPBACK = "127.0.0.1"  # the replicas' exchange never leaves this machine
 
 @dataclass(frozen=True)
 class Recipe:
-    """The optimiser settings a search picks with the architecture and a retrain reuses."""
+    """The training settings a search picks with the architecture and a retrain reuses."""
 
     max_lr: float  # one-cycle peak learning rate
     batch_size: int
     weight_decay: float
+    augment_degrees: float  # max random rotation; 0 with no shift turns augmentation off
 
     def config(self, epochs: int, **how: Any) -> TrainConfig:
         """A TrainConfig with this recipe; `how` sets the rest (seed, reports, precision, ...)."""
-        return TrainConfig(
-            epochs=epochs, max_lr=self.max_lr, batch_size=self.batch_size, weight_decay=self.weight_decay, **how
-        )
+        return TrainConfig(epochs=epochs, **dataclasses.asdict(self), **how)
 
 
 @dataclass(frozen=True)

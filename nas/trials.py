@@ -6,6 +6,7 @@ the functions below; reports, recovery and best.json read a trial through `Trial
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -14,16 +15,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.genome import Genome
+from nas.train import Recipe
 
 OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
 PARAMS_CONSTRAINT = "params_over_budget"  # params - budget: feasible when <= 0
 MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
-OUTCOMES = ("running", "complete", "over budget", "pruned", "failed")
+OUTCOMES = ("running", "complete", "over budget", "infeasible", "pruned", "failed")
 
 _WORKER, _PEAK_RSS, _GENOME, _PARAMS, _MACS = "worker", "worker_peak_rss_mib", "genome", "params", "macs"
 _PRUNE_REASON, _FAIL_REASON, _EPOCHS_RUN, _TRAIN_SECONDS = "prune_reason", "fail_reason", "epochs_run", "train_seconds"
-_OVER_BUDGET, _BY_PRUNER = "over budget", "pruner"
-MAX_LR = "max_lr"  # the sampled learning rate, an Optuna parameter
+_RECIPE = "recipe"
+KNOWN_DESIGN = "known_design"  # set when the study enqueues a published design as a trial
+_OVER_BUDGET, _INFEASIBLE, _BY_PRUNER = "over budget", "infeasible", "pruner"
 
 
 def record_worker(trial: optuna.Trial, peak_rss_mib: int | None) -> None:
@@ -49,6 +52,16 @@ def over_budget(trial: optuna.Trial, message: str) -> optuna.TrialPruned:
     """Mark the trial as rejected for its size, never trained; raise what this returns."""
     trial.set_user_attr(_PRUNE_REASON, _OVER_BUDGET)
     return optuna.TrialPruned(message)
+
+
+def infeasible(trial: optuna.Trial, message: str) -> optuna.TrialPruned:
+    """Mark the trial as a draw that is no network (its map shrinks away), never trained; raise what this returns."""
+    trial.set_user_attr(_PRUNE_REASON, _INFEASIBLE)
+    return optuna.TrialPruned(message)
+
+
+def record_recipe(trial: optuna.Trial, recipe: Recipe) -> None:
+    trial.set_user_attr(_RECIPE, dataclasses.asdict(recipe))
 
 
 def record_report(trial: optuna.Trial, step: int, accuracy: float, epoch: float) -> None:
@@ -80,7 +93,8 @@ class TrialRecord:
     genome: Genome | None
     params: int | None
     macs: int | None
-    max_lr: float | None
+    recipe: Recipe | None
+    known_design: str | None  # the published design this trial is, if it was enqueued as one
     epochs_run: float | None
     train_seconds: float | None
     fail_reason: str  # empty unless failed; a failed trial with no record lost its worker
@@ -98,7 +112,8 @@ class TrialRecord:
             genome=Genome.from_dict(attrs[_GENOME]) if _GENOME in attrs else None,
             params=attrs.get(_PARAMS),
             macs=attrs.get(_MACS),
-            max_lr=trial.params.get(MAX_LR),
+            recipe=Recipe(**attrs[_RECIPE]) if _RECIPE in attrs else None,
+            known_design=attrs.get(KNOWN_DESIGN),
             epochs_run=attrs.get(_EPOCHS_RUN),
             train_seconds=attrs.get(_TRAIN_SECONDS),
             fail_reason=attrs.get(_FAIL_REASON, "worker died") if trial.state == TrialState.FAIL else "",
@@ -109,7 +124,8 @@ class TrialRecord:
 
 def _outcome(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
-        return "over budget" if trial.user_attrs.get(_PRUNE_REASON) == _OVER_BUDGET else "pruned"
+        reason = trial.user_attrs.get(_PRUNE_REASON)
+        return {_OVER_BUDGET: "over budget", _INFEASIBLE: "infeasible"}.get(reason, "pruned")
     return {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from nas import machine
 from nas.best import Best, DataSplit
 from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from nas.genome import Genome, Stage
+from nas.genome import Block, Genome
 from nas.objective import sample_genome
 from nas.space import SPACES_DIR, load_space
 from nas.train import Recipe
@@ -40,10 +41,14 @@ def write_subset(directory: Path, n_train: int, n_test: int) -> Path:
 
 
 def random_genomes(space_file: str, n: int, seed: int = 0) -> list[Genome]:
-    """Genomes drawn uniformly from a shipped search space, as a search would draw them."""
+    """Genomes drawn uniformly from a shipped search space, as a search would draw them (networks only)."""
     space = load_space(SPACES_DIR / space_file)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    return [sample_genome(study.ask(), space.architecture) for _ in range(n)]
+    genomes: list[Genome] = []
+    while len(genomes) < n:
+        with contextlib.suppress(ValueError):  # a draw whose valid convs shrink the map away
+            genomes.append(sample_genome(study.ask(), space.architecture))
+    return genomes
 
 
 TINY_SPACE = """
@@ -54,14 +59,16 @@ max_params = 20_000
 stages = [2]
 blocks_per_stage = [1, 2]
 widths = [4, 8]
-transitions = [0, 4]
+kernels = [3, 1]
+padding = ["same", "valid"]
 dropout = [0.0, 0.1]
 heads = ["gap", "gap_fc"]
 
 [training]
 max_lr = [0.05, 0.2]
 batch_size = 64
-weight_decay = 5e-4
+weight_decay = [1e-4, 5e-4]
+augment_degrees = [0.0, 7.0]
 
 [trial]
 epochs = 1
@@ -69,13 +76,18 @@ reports_per_epoch = 2
 """
 
 
-TINY_GENOME = Genome(stages=(Stage((8, 8)), Stage((12,), transition=8)), dropout=0.05, head="gap")
+TINY_GENOME = Genome(
+    stages=((Block(8), Block(8, padded=False)), (Block(8, kernel=1), Block(12))), dropout=0.05, head="gap"
+)
 
 
 def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:
     """A best.json as nas.search writes it, for a chosen genome, on the tiny data set."""
     winner = Best(
-        genome, max_params, Recipe(max_lr=0.1, batch_size=64, weight_decay=5e-4), DataSplit(str(tiny_dir), 300, 0)
+        genome,
+        max_params,
+        Recipe(max_lr=0.1, batch_size=64, weight_decay=5e-4, augment_degrees=7.0),
+        DataSplit(str(tiny_dir), 300, 0),
     )
     path = tmp_path / "best.json"
     winner.write(path)

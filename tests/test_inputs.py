@@ -30,11 +30,13 @@ TOML_VALUES = [
 JSON_VALUES = [
     None, True, -1, 0, 1, 2**31, 10**30, 0.5, -0.0, 1e308, float("inf"), float("nan"), "", "text", "/nonexistent",
     [], [0], [1, 2], [{}], {}, {"widths": [8]}, {"widths": [0]}, {"widths": [8], "transition": -1},
+    {"width": 8}, {"width": 0}, {"width": 8, "kernel": 2}, [{"width": 8, "padded": False}] * 20,
 ]  # fmt: skip
 BEST_KEYS = [
-    ("genome",), ("genome", "stages"), ("genome", "stages", 0), ("genome", "stages", 0, "widths"),
-    ("genome", "stages", 1, "transition"), ("genome", "dropout"), ("genome", "head"), ("max_params",),
-    ("train",), ("train", "max_lr"), ("train", "batch_size"), ("train", "weight_decay"), ("data",),
+    ("genome",), ("genome", "stages"), ("genome", "stages", 0), ("genome", "stages", 0, 0),
+    ("genome", "stages", 0, 0, "width"), ("genome", "stages", 1, 0, "kernel"), ("genome", "stages", 0, 1, "padded"),
+    ("genome", "dropout"), ("genome", "head"), ("max_params",), ("train",), ("train", "max_lr"),
+    ("train", "batch_size"), ("train", "weight_decay"), ("train", "augment_degrees"), ("data",),
     ("data", "dir"), ("data", "val_size"), ("data", "split_seed"),
 ]  # fmt: skip
 HEADER_VALUES = [0, 1, 2, 27, 29, 255, 256, 2**31, 2**32 - 1]

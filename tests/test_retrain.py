@@ -140,6 +140,7 @@ def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # one epoch on all 60,000 images, then the export and its spec tests
 def test_one_epoch_on_full_mnist_beats_95_percent(tmp_path):
     """Seeds 000 and 002's CI check, on the shipped architecture and the project's trainer (2 replicas)."""
     shipped = Path(__file__).parent.parent / "results" / "mnist_20k" / "best.json"
@@ -172,3 +173,48 @@ def test_shipped_spec_tests_are_the_current_template():
     assert shipped, "results/ ships at least one model"
     for path in shipped:
         assert path.read_bytes() == SPEC_TESTS.read_bytes(), f"regenerate {path}: cp nas/spec_tests.py {path}"
+
+
+def test_the_final_retrain_trains_on_every_training_image_unless_told_not_to(tmp_path, tiny_dir):
+    # The tiny set has 1,200 training images, 300 of them the search's validation split.
+    def trained_on(*argv: str) -> dict:
+        out = tmp_path / "-".join(argv or ("default",))
+        best = best_json(tmp_path, tiny_dir)
+        assert (
+            main([str(best), "--epochs", "1", "--processes", "1", "--min-accuracy", "0", "--out", str(out), *argv]) == 0
+        )
+        return json.loads((out / "metrics.json").read_text())
+
+    everything, split = trained_on(), trained_on("--train-on", "split")
+    assert everything["data"]["trained_on"].startswith("all") and "(1,200 images)" in everything["data"]["trained_on"]
+    assert everything["val_accuracy"] is None  # its validation images were trained on
+    assert "(900 images)" in split["data"]["trained_on"] and split["val_accuracy"] is not None
+
+
+def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):
+    out = tmp_path / "known"
+    argv = [str(best_json(tmp_path, tiny_dir)), "--epochs", "1", "--processes", "1", "--out", str(out)]
+    assert main([*argv, "--design", "shwethaamrutha-s6", "--min-accuracy", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["known_design"] == "shwethaamrutha-s6" and metrics["params"] == 6_198
+    assert metrics["train"]["max_lr"] == 0.1 and metrics["train"]["weight_decay"] == 5e-4
+
+
+def test_a_best_json_from_before_searched_recipes_and_block_genomes_still_loads(tmp_path):
+    old = json.loads(json.dumps(OLD_BEST))
+    winner = parse_best(json.dumps(old), "old.json")
+    assert winner.recipe.augment_degrees == 7.0  # what those searches trained with
+    assert winner.genome.describe() == "20 | 8x1-12-24 | 24-20-8 fc d0.07"
+    assert param_count(winner.genome) == 18_902
+
+
+OLD_BEST = {
+    "genome": {
+        "stages": [{"widths": [20], "transition": 0}, {"widths": [12, 24], "transition": 8}, {"widths": [24, 20, 8]}],
+        "dropout": 0.07,
+        "head": "fc",
+    },
+    "max_params": 20_000,
+    "train": {"max_lr": 0.053, "batch_size": 128, "weight_decay": 5e-4},
+    "data": {"dir": None, "val_size": 10_000, "split_seed": 0},
+}

@@ -50,13 +50,19 @@ def run(objective: Objective, n: int, seed: int = 0) -> optuna.Study:
     return study
 
 
+def pairs(study: optuna.Study) -> list[tuple[optuna.trial.FrozenTrial, TrialRecord]]:
+    return [(t, TrialRecord.of(t)) for t in study.trials]
+
+
 def test_over_budget_candidates_never_reach_the_trainer(tiny_data):
     space = load_space(DEFAULT_SPACE, max_params=6_000, max_macs=NO_MACS_CAP)
     spy = SpyTrainer()
     study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
 
-    over = [(t, TrialRecord.of(t)) for t in study.trials if TrialRecord.of(t).params > 6_000]
-    under = [(t, TrialRecord.of(t)) for t in study.trials if TrialRecord.of(t).params <= 6_000]
+    # A draw whose valid convs shrink the map away is no network: it has no size and never trains.
+    sized = [(t, record) for t, record in pairs(study) if record.outcome != "infeasible"]
+    over = [(t, record) for t, record in sized if record.params > 6_000]
+    under = [(t, record) for t, record in sized if record.params <= 6_000]
     assert over and under, "the space should produce both kinds at this budget"
     assert len(spy.models) == len(under)
     assert all(sum(p.numel() for p in model.parameters()) <= 6_000 for model in spy.models)
@@ -74,9 +80,9 @@ def test_a_macs_budget_is_a_second_constraint_checked_before_training(tiny_data)
     spy = SpyTrainer()
     study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
 
-    pairs = [(t, TrialRecord.of(t)) for t in study.trials]
-    trained = [(t, record) for t, record in pairs if record.outcome == "complete"]
-    too_costly = [(t, record) for t, record in pairs if record.params <= 20_000 and (record.macs or 0) > 1.5e6]
+    sized = [(t, record) for t, record in pairs(study) if record.outcome != "infeasible"]
+    trained = [(t, record) for t, record in sized if record.outcome == "complete"]
+    too_costly = [(t, record) for t, record in sized if record.params <= 20_000 and (record.macs or 0) > 1.5e6]
     assert trained and too_costly, "the space should produce both kinds at this budget"
     assert len(spy.models) == len(trained)
     for t, record in too_costly:
@@ -144,7 +150,7 @@ def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_spa
     [
         (["--trials", "0"], "--trials must be at least 1"),
         (["--trials", "-3"], "--trials must be at least 1"),
-        (["--max-params", "100"], "over the budget of 100"),
+        (["--max-params", "50"], "over the budget of 50"),
         (["--data-dir", "/nonexistent/mnist"], "no such directory"),
         (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "cannot open storage"),
         (["--out", "/proc/nas-results"], "choose a writable --out"),

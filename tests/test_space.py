@@ -3,8 +3,10 @@ import re
 import pytest
 
 from nas.errors import UserError
-from nas.genome import param_count
+from nas.genome import Block, Genome, param_count
+from nas.known import by_name
 from nas.space import DEFAULT_SPACE, SPACES_DIR, load_space, parse_space
+from nas.study import designs_to_beat
 from tests.helpers import random_genomes
 
 DEFAULT_TEXT = DEFAULT_SPACE.read_text()
@@ -31,17 +33,22 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("epochs = 2 ", "# epochs removed "), "trial", "missing key 'epochs'"),
         (edited("batch_size = 128", 'batch_size = "128"'), "training.batch_size", "must be an integer"),
         (edited("batch_size = 128", "batch_size = 12.8"), "training.batch_size", "must be an integer"),
-        (edited("widths = [8, 12, 16, 20, 24, 32]", "widths = []"), "architecture.widths", "empty list"),
+        (edited("widths = [4, 6, 8, 10, 12, 16, 20, 24, 32]", "widths = []"), "architecture.widths", "empty list"),
         (edited('heads = ["gap", "gap_fc", "fc"]', "heads = [1, 2]"), "architecture.heads", "list of strs"),
-        (edited("blocks_per_stage = [1, 3]", "blocks_per_stage = [3, 1]"), "blocks_per_stage", "min 3 is greater"),
-        (edited("dropout = [0.0, 0.15]", "dropout = [0.3, 0.1]"), "dropout", "min 0.3 is greater"),
-        (edited("max_lr = [0.02, 0.3]", "max_lr = [0.02]"), "max_lr", r"\[min, max\] finite numbers"),
+        (edited("blocks_per_stage = [1, 6]", "blocks_per_stage = [3, 1]"), "blocks_per_stage", "min 3 is greater"),
+        (edited("dropout = [0.0, 0.1]", "dropout = [0.3, 0.1]"), "dropout", "min 0.3 is greater"),
+        (edited("max_lr = [0.03, 0.4]", "max_lr = [0.03]"), "max_lr", r"\[min, max\] finite numbers"),
         (edited('heads = ["gap", "gap_fc", "fc"]', 'heads = ["gap", "mlp"]'), "architecture.heads", "must be among"),
         (edited("stages = [2, 3]", "stages = [2, 7]"), "architecture.stages", "must lie in"),
         (edited("max_params = 20_000", "max_params = true"), "budget.max_params", "must be an integer"),
         (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "optionally max_macs"),
         (edited("max_macs = 2_500_000", "max_macs = 1.5e6"), "budget.max_macs", "an integer"),
         (edited("max_macs = 2_500_000", "max_macs = 0"), "budget.max_macs", "positive"),
+        (edited("kernels = [3, 1]", "kernels = [3, 5]"), "architecture.kernels", "must be among 3, 1"),
+        (edited('padding = ["same", "valid"]', 'padding = ["full"]'), "architecture.padding", "must be among same"),
+        (edited("weight_decay = [1e-5, 3e-4]", "weight_decay = 1e-4"), "training.weight_decay", r"\[min, max\]"),
+        (edited("weight_decay = [1e-5, 3e-4]", "weight_decay = [-1.0, 0.0]"), "weight_decay", "not be negative"),
+        (edited("augment_degrees = [0.0, 12.0]", "augment_degrees = [-5.0, 5.0]"), "augment_degrees", "negative"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):
@@ -59,7 +66,25 @@ def test_a_macs_budget_comes_from_the_file_or_the_command_line(tmp_path):
     path.write_text(edited("max_macs = 2_500_000", "max_macs = 2_000_000"))
     assert load_space(path).max_macs == 2_000_000
     assert load_space(path, max_macs=1_000_000).max_macs == 1_000_000
-    assert load_space(SPACES_DIR / "mnist_8k.toml").max_macs is None
+    without = tmp_path / "without.toml"
+    without.write_text(DEFAULT_TEXT.replace("max_macs = 2_500_000", "# no MACs budget"))
+    assert load_space(without).max_macs is None
+
+
+def test_valid_convs_that_shrink_the_map_away_leave_a_smaller_padded_genome():
+    # Three stages of six valid convs cannot be built; the smallest genome is still found.
+    space = load_space(SPACES_DIR / "mnist_5k.toml")
+    assert space.smallest_genome().describe() == "4x1 | 4x1 gap d0.00"
+
+
+def test_space_can_draw_the_designs_that_fit_it():
+    space = load_space(SPACES_DIR / "mnist_20k.toml")
+    assert space.architecture.can_draw(by_name("snehanshu-raj-model-3").genome)
+    assert not space.architecture.can_draw(Genome(stages=((Block(7),),) * 2, dropout=0.0, head="gap"))  # width 7
+    assert space.architecture.can_draw(by_name("seed-001").genome)
+    # ...but its 5.1M MACs are over this space's budget, so a study does not start with it.
+    assert [d.name for d in designs_to_beat(space)] == ["woncoh1-s6", "era-s6-ram", "snehanshu-raj-model-3",
+                                                        "shwethaamrutha-s6", "seed-004"]  # fmt: skip
 
 
 def test_budget_below_smallest_architecture_is_refused_before_any_trial(tmp_path):

@@ -1,0 +1,54 @@
+"""Known designs as data: each one is a draw of the spaces that can hold it, and a new study starts with them."""
+
+import optuna
+import pytest
+
+from nas.known import known_designs
+from nas.objective import genome_params, sample_genome, sample_recipe
+from nas.space import SPACES_DIR, load_space, parse_space
+from nas.study import designs_to_beat, open_study
+from nas.trials import TrialRecord
+from tests.helpers import TINY_SPACE
+
+WIDE_OPEN = load_space(SPACES_DIR / "mnist_20k.toml").with_overrides(max_params=10**6, max_macs=10**12)
+
+
+@pytest.mark.parametrize("design", known_designs(), ids=lambda d: d.name)
+def test_a_design_enqueued_as_parameters_is_drawn_as_exactly_that_genome(design):
+    trial = optuna.trial.FixedTrial(genome_params(design.genome))
+    assert sample_genome(trial, WIDE_OPEN.architecture) == design.genome
+
+
+def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
+    space = load_space(SPACES_DIR / "mnist_8k.toml")
+    fitting = designs_to_beat(space)
+    assert [d.name for d in fitting] == ["shwethaamrutha-s6"]  # the others are over 8k params or 1.3M MACs
+    url = str(tmp_path / "study.journal")
+    study = open_study("s", url, space, "median", seed=0)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [genome_params(fitting[0].genome)]
+    assert TrialRecord.of(waiting[0]).known_design == "shwethaamrutha-s6"
+    assert len(open_study("s", url, space, "median", seed=0).trials) == 1  # resuming enqueues nothing
+
+
+def test_known_designs_can_be_left_out(tmp_path):
+    space = load_space(SPACES_DIR / "mnist_20k.toml")
+    assert len(designs_to_beat(space)) == 5
+    assert open_study("s", str(tmp_path / "j"), space, "median", seed=0, known_designs=False).trials == []
+
+
+def test_a_design_over_budget_or_outside_the_space_is_not_enqueued():
+    tiny = parse_space(TINY_SPACE, "tiny.toml")  # widths 4 and 8 only
+    assert designs_to_beat(tiny) == []
+    assert designs_to_beat(WIDE_OPEN.with_overrides(max_params=6_000)) == []  # the smallest is 6,198
+
+
+def test_recipe_ranges_are_sampled_and_equal_ends_fix_a_value():
+    training = parse_space(
+        TINY_SPACE.replace("weight_decay = [1e-4, 5e-4]", "weight_decay = [0.0, 0.0]"), "tiny.toml"
+    ).training
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    recipes = [sample_recipe(study.ask(), training) for _ in range(20)]
+    assert all(r.weight_decay == 0.0 and r.batch_size == 64 for r in recipes)
+    assert all(0.05 <= r.max_lr <= 0.2 and 0.0 <= r.augment_degrees <= 7.0 for r in recipes)
+    assert len({r.augment_degrees for r in recipes}) == 20

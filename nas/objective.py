@@ -20,7 +20,7 @@ from nas import trials
 from nas.data import Dataset
 from nas.genome import Block, Genome, param_count
 from nas.model import build_model, count_macs, with_normalisation
-from nas.space import PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
+from nas.space import PADDING_NAMES, PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
 from nas.train import DivergedError, Recipe, Report, TrainConfig, train
 
 
@@ -48,7 +48,6 @@ def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
 
 def genome_params(genome: Genome) -> dict[str, Any]:
     """The Optuna parameters from which `sample_genome` draws exactly `genome`: what enqueueing it takes."""
-    padding_of = {padded: name for name, padded in PADDINGS.items()}
     params: dict[str, Any] = {"stages": len(genome.stages), "dropout": genome.dropout, "head": genome.head}
     for s, stage in enumerate(genome.stages):
         params[f"s{s}_blocks"] = len(stage)
@@ -56,7 +55,7 @@ def genome_params(genome: Genome) -> dict[str, Any]:
             params[f"s{s}_b{b}_width"] = block.width
             params[f"s{s}_b{b}_kernel"] = block.kernel
             if block.kernel > 1:
-                params[f"s{s}_b{b}_padding"] = padding_of[block.padded]
+                params[f"s{s}_b{b}_padding"] = PADDING_NAMES[block.padded]
     return params
 
 

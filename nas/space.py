@@ -25,6 +25,7 @@ SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
 MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
 PADDINGS = {"same": True, "valid": False}  # a block's padding choice: Block.padded
+PADDING_NAMES = {padded: name for name, padded in PADDINGS.items()}
 
 Range = tuple[float, float]  # [min, max], both inclusive
 IntRange = tuple[int, int]
@@ -42,13 +43,12 @@ class ArchitectureSpace:
 
     def can_draw(self, genome: Genome) -> bool:
         """Whether sampling can produce this architecture (its dropout aside: a rate is clipped into range)."""
-        padding_names = {padded: name for name, padded in PADDINGS.items()}
         blocks = [block for stage in genome.stages for block in stage]
         return (
             len(genome.stages) in self.stages
             and all(self.blocks_per_stage[0] <= len(stage) <= self.blocks_per_stage[1] for stage in genome.stages)
             and all(block.width in self.widths and block.kernel in self.kernels for block in blocks)
-            and all(padding_names[block.padded] in self.padding for block in blocks if block.kernel > 1)
+            and all(PADDING_NAMES[block.padded] in self.padding for block in blocks if block.kernel > 1)
             and genome.head in self.heads
         )
 

@@ -1,0 +1,219 @@
+"""Do short trials rank architectures as full training does? Retrain trials across a study and compare.
+
+python -m nas.rank results/mnist_8k/best.json --retrains 6 --epochs 15
+
+Takes `--retrains` completed trials spread evenly over the study's ranking (the winner and the
+last included), retrains each in full on the training split only, seed 0, and reports the Spearman
+rank correlation between the trials' scores and the retrains' final validation accuracy: images
+neither the trials nor the retrains trained on. The test set plays no part in the comparison.
+Each retrain lands in <out>/trial<N>/; one already there is read back, not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.table import Table
+
+from nas import best, results
+from nas.errors import UserError, cli
+from nas.report import records
+from nas.retrain import MAX_EPOCHS, RetrainOptions, retrain
+from nas.study import is_database, make_storage, redact
+from nas.train import ReplicaLost
+from nas.trials import TrialRecord
+
+DEFAULT_RETRAINS = 6
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ascending; tied values share the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    result = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            result[i] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the ranks (ties averaged)."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError("spearman needs two equally long lists of at least two values")
+    rx, ry = ranks(xs), ranks(ys)
+    mean = (len(xs) + 1) / 2
+    cov = sum((a - mean) * (b - mean) for a, b in zip(rx, ry, strict=True))
+    spread = (sum((a - mean) ** 2 for a in rx) * sum((b - mean) ** 2 for b in ry)) ** 0.5
+    if spread == 0:
+        raise ValueError("spearman is undefined when every value in a list is the same")
+    return cov / spread
+
+
+def spread_over_ranking(trials: list[TrialRecord], count: int) -> list[TrialRecord]:
+    """`count` completed trials at evenly spaced places in their ranking, best first."""
+    ranked = sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
+    if len(ranked) < max(count, 2):
+        raise UserError(
+            f"the study has {len(ranked)} completed trials, fewer than the {max(count, 2)} to compare; "
+            "run more trials or ask for fewer --retrains"
+        )
+    places = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)})
+    return [ranked[place] for place in places]
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOptions:
+    best: Path
+    storage: str
+    study: str | None
+    retrains: int
+    epochs: int
+    out: Path
+
+
+def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[TrialRecord]]:
+    if not is_database(storage_url) and not Path(storage_url).is_file():
+        raise UserError(f"no study journal at {storage_url}; pass the search's --storage")
+    storage = make_storage(storage_url)
+    names = optuna.get_all_study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise UserError(
+                f"{redact(storage_url)} holds {len(names)} studies ({', '.join(names)}); pick one with --study"
+            )
+        study_name = names[0]
+    elif study_name not in names:
+        raise UserError(f"no study {study_name!r} in {redact(storage_url)}; it holds {', '.join(names) or 'none'}")
+    return study_name, records(optuna.load_study(study_name=study_name, storage=storage).trials)
+
+
+def rank(options: RankOptions, console: Console | None = None) -> dict:
+    """Retrain the picked trials (or read back those already retrained) and write ranking.json."""
+    console = console or Console(soft_wrap=True)
+    study_name, trials = _load_trials(options.storage, options.study)
+    winner = best.load(options.best)
+    picked = spread_over_ranking(trials, options.retrains)
+    results.check_writable(options.out)
+    rows = []
+    for trial in picked:
+        folder = options.out / f"trial{trial.number}"
+        metrics_path = folder / "metrics.json"
+        if metrics_path.is_file():
+            console.print(f"trial {trial.number}: retrained before, reading {metrics_path}")
+        else:
+            console.print(f"trial {trial.number}: {trial.genome.describe()}, retraining on the training split")
+            candidate = dataclasses.replace(
+                winner,
+                genome=trial.genome,
+                recipe=trial.recipe,
+                found={"study": study_name, "trial": trial.number, "val_accuracy": trial.accuracy},
+            )
+            candidate.write(folder / "best.json")
+            retrain(
+                RetrainOptions(
+                    best=folder / "best.json",
+                    epochs=options.epochs,
+                    out=folder,
+                    seed=0,
+                    data_dir=None,
+                    max_params=None,
+                    min_accuracy=0.0,  # not shipped: these models only measure the ranking
+                    train_on="split",
+                ),
+                console,
+            )
+        metrics = json.loads(metrics_path.read_text())
+        rows.append(
+            {
+                "trial": trial.number,
+                "architecture": trial.genome.describe(),
+                "params": trial.params,
+                "macs": trial.macs,
+                "trial_val_accuracy": trial.accuracy,
+                "retrain_val_accuracy": metrics["val_accuracy"],
+                "retrain_seconds": metrics["train_seconds"],
+            }
+        )
+    correlation = spearman([r["trial_val_accuracy"] for r in rows], [r["retrain_val_accuracy"] for r in rows])
+    ranking = {
+        "study": study_name,
+        "trial_epochs": picked[0].epochs_run,
+        "retrain_epochs": options.epochs,
+        "retrained_on": "the training split; validation accuracy on the held-out split, seed 0",
+        "spearman": round(correlation, 3),
+        "trials": rows,
+    }
+    results.write_json(options.out / "ranking.json", ranking)
+    console.print(_table(rows))
+    console.print(
+        f"Spearman rank correlation, trial score vs retrain: {correlation:.2f}; wrote {options.out / 'ranking.json'}"
+    )
+    return ranking
+
+
+def _table(rows: list[dict]) -> Table:
+    table = Table("trial", "architecture", "params", "trial val %", "retrain val %")
+    for r in rows:
+        table.add_row(
+            str(r["trial"]), r["architecture"], f"{r['params']:,}",
+            f"{r['trial_val_accuracy']:.2f}", f"{r['retrain_val_accuracy']:.2f}",
+        )  # fmt: skip
+    return table
+
+
+def parse_args(argv: list[str] | None) -> RankOptions:
+    parser = argparse.ArgumentParser(prog="nas.rank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("best", type=Path, help="best.json written by nas.search (its data split and budget)")
+    parser.add_argument(
+        "--storage", help="the search's journal file or database URL (default: study.journal beside best.json)"
+    )
+    parser.add_argument("--study", help="study name (default: the storage's only study)")
+    parser.add_argument(
+        "--retrains", type=int, default=DEFAULT_RETRAINS, help=f"trials to retrain (default {DEFAULT_RETRAINS})"
+    )
+    parser.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"retrain epochs (default {MAX_EPOCHS})")
+    parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
+    args = parser.parse_args(argv)
+    if args.retrains < 2:
+        raise UserError(f"--retrains must be at least 2 to compare rankings, got {args.retrains}")
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    return RankOptions(
+        best=args.best,
+        storage=args.storage or str(args.best.parent / "study.journal"),
+        study=args.study,
+        retrains=args.retrains,
+        epochs=args.epochs,
+        out=args.out or args.best.parent / "ranking",
+    )
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    try:
+        rank(options)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; finished retrains stay in {options.out} and are read back on the next run", file=sys.stderr
+        )
+        return 130
+    except ReplicaLost as lost:
+        print(f"error: {lost}. Finished retrains stay in {options.out}; run the command again", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from nas.errors import UserError
+from nas.rank import main, ranks, spearman, spread_over_ranking
+from nas.search import main as search_main
+from nas.trials import TrialRecord
+from tests.helpers import TINY_GENOME
+
+
+def test_ranks_average_ties():
+    assert ranks([10.0, 20.0, 20.0, 5.0]) == [2.0, 3.5, 3.5, 1.0]
+
+
+def test_spearman_matches_the_textbook_figures():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(
+        1 - 6 * 2 / (4 * (16 - 1))
+    )  # no ties: 1 - 6Σd²/n(n²-1)
+    with pytest.raises(ValueError, match="every value"):
+        spearman([1, 2, 3], [5, 5, 5])
+
+
+def record(number: int, outcome: str, accuracy: float | None) -> TrialRecord:
+    return TrialRecord(
+        number, outcome, accuracy, TINY_GENOME, 1000, 10_000, None, None, 2.0, 1.0, "", None, None
+    )  # fmt: skip
+
+
+def test_the_picked_trials_span_the_ranking_from_the_winner_to_the_last():
+    trials = [record(n, "complete", 90.0 + n) for n in range(10)] + [record(10, "pruned", 99.9)]
+    picked = spread_over_ranking(trials, 4)
+    assert [t.number for t in picked] == [9, 6, 3, 0]  # ranks 0, 3, 6, 9 of ten; the pruned one never
+    with pytest.raises(UserError, match="10 completed trials, fewer than the 11"):
+        spread_over_ranking(trials, 11)
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrains_back(
+    tiny_dir, tiny_space, tmp_path, capsys
+):
+    study = tmp_path / "study"
+    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
+    assert search_main(search_args) == 0
+    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0
+    ranking = json.loads((study / "ranking" / "ranking.json").read_text())
+    assert len(ranking["trials"]) == 3
+    assert -1 <= ranking["spearman"] <= 1
+    scores = [row["trial_val_accuracy"] for row in ranking["trials"]]
+    assert scores == sorted(scores, reverse=True)
+    for row in ranking["trials"]:
+        metrics = json.loads((study / "ranking" / f"trial{row['trial']}" / "metrics.json").read_text())
+        assert metrics["val_accuracy"] == row["retrain_val_accuracy"] is not None  # trained on the split only
+        assert metrics["data"]["trained_on"].startswith("split")
+
+    capsys.readouterr()
+    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0
+    assert capsys.readouterr().out.count("retrained before") == 3
+    assert json.loads((study / "ranking" / "ranking.json").read_text()) == ranking
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [(["--retrains", "1"], "--retrains must be at least 2"), ([], "no study journal at")],
+)
+def test_bad_input_gives_one_line_and_exit_2(extra, problem, tmp_path, capsys):
+    best = tmp_path / "best.json"
+    best.write_text("{}")
+    assert main([str(best), *extra]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1

@@ -161,7 +161,8 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
         f"running {options.trials} more with {options.jobs} job(s), budget {space.max_params:,} params"
         + (f" and {space.max_macs:,} MACs" if space.max_macs else "")
     )
-    deadline = time.time() + options.timeout if options.timeout else None
+    timeout = options.timeout or space.search_seconds
+    deadline = time.time() + timeout if timeout else None
     slots = TrialSlots(options.trials, spawn)
     workers = [
         spawn.Process(target=_worker, args=(i, options, space, data, slots, deadline), daemon=True)
@@ -212,7 +213,11 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
 def parse_args(argv: list[str] | None) -> SearchOptions:
     parser = argparse.ArgumentParser(prog="nas.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50, help="trials to add to the study (default 50)")
-    parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="stop starting trials after this many seconds (default: the space's search_seconds)",
+    )
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search-space TOML file")
     parser.add_argument("--max-params", type=int, help="parameter budget (overrides the space file)")
     parser.add_argument("--max-macs", type=int, help="multiply-accumulates per image (overrides the space file)")

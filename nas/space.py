@@ -74,6 +74,7 @@ class SearchSpace:
     training: TrainingSpace
     trial: TrialBudget
     max_macs: int | None = None  # multiply-accumulates per image; larger candidates are pruned before training
+    search_seconds: float | None = None  # wall time after which a search starts no trial (running ones finish)
     path: str = ""  # where it was read from
     text: str = ""  # the file as read, kept so results record exactly the space that was searched
 
@@ -114,7 +115,8 @@ class SearchSpace:
         return space
 
 
-# The file's layout: [budget] max_params (and optionally max_macs), then one table per section dataclass.
+# The file's layout: [budget] max_params (optionally max_macs, search_seconds), then one table per section dataclass.
+OPTIONAL_BUDGETS = {"max_macs": int, "search_seconds": float}
 SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
 
 
@@ -175,6 +177,7 @@ def _check_values(space: SearchSpace, where: str) -> None:
     checks = [
         (space.max_params > 0, "budget.max_params must be positive"),
         (space.max_macs is None or space.max_macs > 0, "budget.max_macs must be positive"),
+        (space.search_seconds is None or space.search_seconds > 0, "budget.search_seconds must be positive"),
         (
             all(1 <= n <= MAX_STAGES for n in arch.stages),
             f"architecture.stages must lie in 1..{MAX_STAGES} ({INPUT_SIZE} px input)",
@@ -211,11 +214,17 @@ def parse_space(text: str, where: str) -> SearchSpace:
     if missing:
         raise UserError(f"{where}: missing table [{missing[0]}]")
     budget = document["budget"]
-    if not isinstance(budget, dict) or "max_params" not in budget or set(budget) - {"max_params", "max_macs"}:
-        raise UserError(f"{where}: [budget] must hold max_params and optionally max_macs, nothing else")
+    if not isinstance(budget, dict) or "max_params" not in budget or set(budget) - {"max_params", *OPTIONAL_BUDGETS}:
+        raise UserError(
+            f"{where}: [budget] must hold max_params and optionally {' and '.join(OPTIONAL_BUDGETS)}, nothing else"
+        )
     space = SearchSpace(
         max_params=_coerce(budget["max_params"], int, f"{where}: budget.max_params"),
-        max_macs=_coerce(budget["max_macs"], int, f"{where}: budget.max_macs") if "max_macs" in budget else None,
+        **{
+            key: _coerce(budget[key], kind, f"{where}: budget.{key}")
+            for key, kind in OPTIONAL_BUDGETS.items()
+            if key in budget
+        },
         path=where,
         text=text,
         **{name: _section(document[name], cls, f"{where}: {name}") for name, cls in SECTIONS.items()},

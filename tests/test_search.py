@@ -171,3 +171,15 @@ def test_resuming_with_another_space_is_refused(tiny_dir, tiny_space, tmp_path, 
     assert main([*base, "--max-params", "9000"]) == 2
     assert "another search space or budget" in capsys.readouterr().err
     assert (tmp_path / "study.journal").read_bytes() == journal  # nothing lost or added
+
+
+def test_the_spaces_search_seconds_stop_the_search_from_starting_trials(tiny_dir, tiny_space, tmp_path, capsys):
+    tiny_space.write_text(
+        tiny_space.read_text().replace("max_params = 20_000", "max_params = 20_000\nsearch_seconds = 0.001")
+    )
+    argv = ["--trials", "3", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(tmp_path), "--study", "s", "--jobs", "1"]  # fmt: skip
+    assert main(argv) == 0  # the workers start after the deadline has passed
+    assert "no trial completed yet" in capsys.readouterr().out
+    assert main([*argv, "--timeout", "600"]) == 0  # the command line overrides the file
+    assert (tmp_path / "best.json").is_file()

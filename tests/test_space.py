@@ -44,6 +44,8 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("max_params = 20_000", "max_params = 20_000\nmin_params = 1"), None, "optionally max_macs"),
         (edited("max_macs = 2_500_000", "max_macs = 1.5e6"), "budget.max_macs", "an integer"),
         (edited("max_macs = 2_500_000", "max_macs = 0"), "budget.max_macs", "positive"),
+        (edited("max_macs = 2_500_000", "search_seconds = -1"), "budget.search_seconds", "positive"),
+        (edited("max_macs = 2_500_000", 'search_seconds = "13 min"'), "budget.search_seconds", "finite number"),
         (edited("kernels = [3, 1]", "kernels = [3, 5]"), "architecture.kernels", "must be among 3, 1"),
         (edited('padding = ["same", "valid"]', 'padding = ["full"]'), "architecture.padding", "must be among same"),
         (edited("weight_decay = [1e-5, 3e-4]", "weight_decay = 1e-4"), "training.weight_decay", r"\[min, max\]"),

@@ -98,6 +98,11 @@ def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[Tr
     return study_name, records(optuna.load_study(study_name=study_name, storage=storage).trials)
 
 
+def _earlier_retrain(metrics_path: Path, epochs: int) -> bool:
+    """Whether a retrain of this length already left its metrics there (another length is redone)."""
+    return metrics_path.is_file() and json.loads(metrics_path.read_text()).get("epochs") == epochs
+
+
 def rank(options: RankOptions, console: Console | None = None) -> dict:
     """Retrain the picked trials (or read back those already retrained) and write ranking.json."""
     console = console or Console(soft_wrap=True)
@@ -109,7 +114,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     for trial in picked:
         folder = options.out / f"trial{trial.number}"
         metrics_path = folder / "metrics.json"
-        if metrics_path.is_file():
+        if _earlier_retrain(metrics_path, options.epochs):
             console.print(f"trial {trial.number}: retrained before, reading {metrics_path}")
         else:
             console.print(f"trial {trial.number}: {trial.genome.describe()}, retraining on the training split")

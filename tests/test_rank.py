@@ -60,6 +60,8 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0
     assert capsys.readouterr().out.count("retrained before") == 3
     assert json.loads((study / "ranking" / "ranking.json").read_text()) == ranking
+    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "2"]) == 0  # another length: redone
+    assert "retrained before" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -98,9 +98,12 @@ def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[Tr
     return study_name, records(optuna.load_study(study_name=study_name, storage=storage).trials)
 
 
-def _earlier_retrain(metrics_path: Path, epochs: int) -> bool:
-    """Whether a retrain of this length already left its metrics there (another length is redone)."""
-    return metrics_path.is_file() and json.loads(metrics_path.read_text()).get("epochs") == epochs
+def _earlier_retrain(metrics_path: Path, epochs: int) -> dict | None:
+    """The metrics a retrain of this length already left there, if any (another length is redone)."""
+    if not metrics_path.is_file():
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    return metrics if metrics.get("epochs") == epochs else None
 
 
 def rank(options: RankOptions, console: Console | None = None) -> dict:
@@ -114,7 +117,8 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     for trial in picked:
         folder = options.out / f"trial{trial.number}"
         metrics_path = folder / "metrics.json"
-        if _earlier_retrain(metrics_path, options.epochs):
+        metrics = _earlier_retrain(metrics_path, options.epochs)
+        if metrics is not None:
             console.print(f"trial {trial.number}: retrained before, reading {metrics_path}")
         else:
             console.print(f"trial {trial.number}: {trial.genome.describe()}, retraining on the training split")
@@ -125,7 +129,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
                 found={"study": study_name, "trial": trial.number, "val_accuracy": trial.accuracy},
             )
             candidate.write(folder / "best.json")
-            retrain(
+            metrics = retrain(
                 RetrainOptions(
                     best=folder / "best.json",
                     epochs=options.epochs,
@@ -138,7 +142,6 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
                 ),
                 console,
             )
-        metrics = json.loads(metrics_path.read_text())
         rows.append(
             {
                 "trial": trial.number,

@@ -34,8 +34,8 @@ PRUNERS = ("median", "hyperband", "none")
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
 
 DATABASE_ATTEMPTS = 3
-# A trial's worker names itself within milliseconds of Optuna creating the trial; a trial that
-# names none after this long lost its worker in between (journal files: nas.study.fail_orphaned_trials).
+# A trial's worker names itself, and a study's creator records its space, within milliseconds of
+# Optuna creating them; one still unnamed or unrecorded after this long lost its process in between.
 UNCLAIMED_SECONDS = 5.0
 
 
@@ -137,24 +137,20 @@ def open_study(
     storage = make_storage(url)
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
         study = load_study(name, storage, space, pruner, seed)
+        created = False
     except KeyError:
         try:
-            created = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+            created_study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
             with _quietly_experimental():
-                created.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
+                created_study.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
+            created = True
         except optuna.exceptions.DuplicatedStudyError:
-            pass  # another process, here or on another machine, created it first
+            created = False  # another process, here or on another machine, created it first
         study = load_study(name, storage, space, pruner, seed)
-    recorded = study.user_attrs.get("space_sha256")
+    # Only the creator records; a worker that lost the race waits for the record before checking it.
+    recorded = None if created else _wait_for_record(study)
     if recorded is None:
-        study.set_user_attr("space_sha256", space.sha256)
-        study.set_user_attr("space_path", space.path)
-        study.set_user_attr("max_params", space.max_params)
-        study.set_user_attr("max_macs", space.max_macs)
-        study.set_user_attr("seed", seed)
-        if known_designs:
-            for design in designs_to_beat(space):
-                study.enqueue_trial(design_params(design, space), user_attrs={KNOWN_DESIGN: design.name})
+        _record(study, space, seed, known_designs)
     elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
         space.sha256,
         space.max_params,
@@ -167,6 +163,27 @@ def open_study(
             "or a new --study name"
         )
     return study
+
+
+def _record(study: optuna.Study, space: SearchSpace, seed: int, known_designs: bool) -> None:
+    """Note what the study was made with and queue the known designs; `space_sha256` goes last,
+    so a worker that sees it sees the rest."""
+    if known_designs:
+        for design in designs_to_beat(space):
+            study.enqueue_trial(design_params(design, space), user_attrs={KNOWN_DESIGN: design.name})
+    study.set_user_attr("space_path", space.path)
+    study.set_user_attr("max_params", space.max_params)
+    study.set_user_attr("max_macs", space.max_macs)
+    study.set_user_attr("seed", seed)
+    study.set_user_attr("space_sha256", space.sha256)
+
+
+def _wait_for_record(study: optuna.Study) -> str | None:
+    """The study's `space_sha256`, once its creator has written it; None if the creator died first."""
+    deadline = time.monotonic() + UNCLAIMED_SECONDS
+    while (recorded := study.user_attrs.get("space_sha256")) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return recorded
 
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:

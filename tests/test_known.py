@@ -1,11 +1,16 @@
 """Known designs as data: each one is a draw of the spaces that can hold it, and a new study starts with them."""
 
+import threading
+
 import optuna
 import pytest
+
+from nas import study as study_module
 
 from nas.known import known_designs
 from nas.objective import genome_params, sample_genome, sample_recipe
 from nas.space import SPACES_DIR, load_space, parse_space
+from nas.errors import UserError
 from nas.study import design_params, designs_to_beat, open_study
 from nas.trials import TrialRecord
 from tests.helpers import TINY_SPACE
@@ -31,6 +36,30 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
     assert len(open_study("s", url, space, "median", seed=0).trials) == len(fitting)  # resuming enqueues nothing
     # The 8k space's MACs cap and widths (multiples of 4) leave every published design out.
     assert designs_to_beat(load_space(SPACES_DIR / "mnist_8k.toml")) == []
+
+
+def test_a_worker_that_loses_the_race_to_create_waits_for_the_creators_record(tmp_path):
+    space = load_space(SPACES_DIR / "mnist_20k.toml")
+    url = str(tmp_path / "study.journal")
+    # The creator has made the study but not yet recorded its space when the second worker opens it.
+    created = optuna.create_study(study_name="s", storage=study_module.make_storage(url), direction="maximize")
+    recording = threading.Timer(0.3, study_module._record, (created, space, 0, True))
+    recording.start()
+    joined = open_study("s", url, space, "median", seed=0)
+    recording.join()
+    assert len(joined.trials) == len(designs_to_beat(space))  # enqueued once, by the creator
+    with pytest.raises(UserError, match="another search space or budget"):
+        open_study("s", url, space.with_overrides(max_params=9_000), "median", seed=0)
+
+
+def test_a_study_whose_creator_died_before_recording_is_recorded_by_the_next_worker(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_module, "UNCLAIMED_SECONDS", 0.1)
+    space = load_space(SPACES_DIR / "mnist_20k.toml")
+    url = str(tmp_path / "study.journal")
+    optuna.create_study(study_name="s", storage=study_module.make_storage(url), direction="maximize")
+    study = open_study("s", url, space, "median", seed=0)
+    assert study.user_attrs["space_sha256"] == space.sha256
+    assert len(study.trials) == len(designs_to_beat(space))
 
 
 def test_known_designs_can_be_left_out(tmp_path):

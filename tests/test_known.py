@@ -6,11 +6,10 @@ import optuna
 import pytest
 
 from nas import study as study_module
-
+from nas.errors import UserError
 from nas.known import known_designs
 from nas.objective import genome_params, sample_genome, sample_recipe
 from nas.space import SPACES_DIR, load_space, parse_space
-from nas.errors import UserError
 from nas.study import design_params, designs_to_beat, open_study
 from nas.trials import TrialRecord
 from tests.helpers import TINY_SPACE

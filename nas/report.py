@@ -55,9 +55,9 @@ def _complete(trials: list[TrialRecord]) -> list[TrialRecord]:
     return sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
 
 
-def progress_table(trials: list[TrialRecord], started_with: int, requested: int, elapsed: float) -> Table:
+def progress_table(trials: list[TrialRecord], finished_before: set[int], requested: int, elapsed: float) -> Table:
     """The live view: trial i/N of this run, counts by outcome, best so far."""
-    done = sum(t.outcome != "running" for t in trials[started_with:])
+    done = sum(t.finished and t.number not in finished_before for t in trials)
     table = Table.grid(padding=(0, 2))
     table.add_row("trials", f"{done}/{requested} this run, {len(trials)} in study", f"{elapsed:,.0f} s")
     table.add_row("outcomes", ", ".join(f"{n} {k}" for k, n in count_states(trials).items()))
@@ -110,7 +110,7 @@ def plot_rows(trials: list[TrialRecord]) -> list[dict]:
     return [
         {"number": t.number, "params": t.params, "outcome": t.outcome, "accuracy": t.accuracy}
         for t in trials
-        if t.outcome != "running" and t.params is not None
+        if t.finished and t.params is not None
     ]
 
 

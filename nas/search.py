@@ -155,9 +155,10 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     orphaned = fail_orphaned_trials(study, options.storage)
     if orphaned:
         console.print(f"marked {orphaned} trial(s) of a dead worker as failed")
-    started_with = len(study.trials)
+    # The known designs a new study enqueues are trials already, but this run is the one to run them.
+    finished_before = {t.number for t in records(study.trials) if t.finished}
     console.print(
-        f"study [bold]{options.study}[/] in {redact(options.storage)}: {started_with} trials so far; "
+        f"study [bold]{options.study}[/] in {redact(options.storage)}: {len(finished_before)} trials so far; "
         f"running {options.trials} more with {options.jobs} job(s), budget {space.max_params:,} params"
         + (f" and {space.max_macs:,} MACs" if space.max_macs else "")
     )
@@ -173,7 +174,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     with Live(console=console, refresh_per_second=1) as live:
         for worker in workers:
             worker.start()
-        logged: set[int] = set()
+        logged = set(finished_before)
         dead: set[int] = set()
         try:
             while any(w.is_alive() for w in workers):
@@ -186,10 +187,10 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
                             f"marked failed ({failed}), the other workers go on"
                         )
                 trials = records(study.get_trials(deepcopy=False))  # polled every second: read, never modified
-                live.update(progress_table(trials, started_with, options.trials, time.time() - start))
+                live.update(progress_table(trials, finished_before, options.trials, time.time() - start))
                 if not console.is_terminal:  # a log file gets a line per finished trial
-                    for trial in trials[started_with:]:
-                        if trial.outcome != "running" and trial.number not in logged:
+                    for trial in trials:
+                        if trial.finished and trial.number not in logged:
                             console.print(trial_line(trial, time.time() - start))
                             logged.add(trial.number)
                 time.sleep(1.0)
@@ -203,7 +204,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
             # A worker killed just as Optuna created its trial left one that names no worker yet.
             time.sleep(UNCLAIMED_SECONDS)
             fail_orphaned_trials(study, options.storage)
-        live.update(progress_table(records(study.trials), started_with, options.trials, time.time() - start))
+        live.update(progress_table(records(study.trials), finished_before, options.trials, time.time() - start))
     write_report(study, space, options, console)
     if interrupted:
         raise KeyboardInterrupt

@@ -20,7 +20,7 @@ from nas.train import Recipe
 OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
 PARAMS_CONSTRAINT = "params_over_budget"  # params - budget: feasible when <= 0
 MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
-OUTCOMES = ("running", "complete", "over budget", "infeasible", "pruned", "failed")
+OUTCOMES = ("waiting", "running", "complete", "over budget", "infeasible", "pruned", "failed")
 
 _WORKER, _PEAK_RSS, _GENOME, _PARAMS, _MACS = "worker", "worker_peak_rss_mib", "genome", "params", "macs"
 _PRUNE_REASON, _FAIL_REASON, _EPOCHS_RUN, _TRAIN_SECONDS = "prune_reason", "fail_reason", "epochs_run", "train_seconds"
@@ -88,7 +88,7 @@ class TrialRecord:
     """One trial as the search reports it; fields a trial never reached are None."""
 
     number: int
-    outcome: str  # one of OUTCOMES: over budget (never trained) and pruned (by the pruner) apart
+    outcome: str  # one of OUTCOMES: waiting (enqueued, not started); over budget (never trained) and pruned apart
     accuracy: float | None  # the final value, or a pruned trial's last report
     genome: Genome | None
     params: int | None
@@ -100,6 +100,10 @@ class TrialRecord:
     fail_reason: str  # empty unless failed; a failed trial with no record lost its worker
     worker: tuple[str, int] | None  # host and pid of the process that ran it
     peak_rss_mib: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome not in ("waiting", "running")
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -126,7 +130,9 @@ def _outcome(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         reason = trial.user_attrs.get(_PRUNE_REASON)
         return {_OVER_BUDGET: "over budget", _INFEASIBLE: "infeasible"}.get(reason, "pruned")
-    return {TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(trial.state, "failed")
+    return {TrialState.WAITING: "waiting", TrialState.RUNNING: "running", TrialState.COMPLETE: "complete"}.get(
+        trial.state, "failed"
+    )
 
 
 def _accuracy(trial: FrozenTrial) -> float | None:

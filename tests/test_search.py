@@ -8,8 +8,9 @@ from nas.objective import Objective
 from nas.report import CSV_COLUMNS, count_states, records
 from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
+from nas.study import make_storage
 from nas.train import DivergedError, Report
-from nas.trials import MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
+from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
 
 # These tests are about the parameter budget and the pruner: no candidate may miss training for its MACs.
 NO_MACS_CAP = 10**12
@@ -183,3 +184,18 @@ def test_the_spaces_search_seconds_stop_the_search_from_starting_trials(tiny_dir
     assert "no trial completed yet" in capsys.readouterr().out
     assert main([*argv, "--timeout", "600"]) == 0  # the command line overrides the file
     assert (tmp_path / "best.json").is_file()
+
+
+def test_an_enqueued_trial_waits_then_is_logged_by_the_run_that_runs_it(tiny_dir, tiny_space, tmp_path, capsys):
+    argv = ["--trials", "1", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(tmp_path), "--study", "s", "--jobs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    study = optuna.load_study(study_name="s", storage=make_storage(str(tmp_path / "study.journal")))
+    study.enqueue_trial(study.trials[0].params, user_attrs={KNOWN_DESIGN: "again"})  # as a new study's known designs
+    assert main([*argv, "--timeout", "0.001"]) == 0  # starts no trial
+    assert (tmp_path / "trials.csv").read_text().splitlines()[2].startswith("1,waiting,")
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 trials so far" in out and "trial 1: complete" in out and "known design again" in out
+    assert "trial 0:" not in out  # finished before this run

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -13,12 +15,30 @@ from optuna.trial import TrialState
 from nas.trials import TrialRecord
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In a child, before it runs: SIGINT raises KeyboardInterrupt, as when typed in a terminal. A shell
+    starts background jobs with SIGINT ignored, and Python keeps that, so without this the Ctrl-C
+    tests fail whenever pytest runs in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def killed_at_the_end(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """A test that fails leaves no process behind to slow the tests after it (the children die with it)."""
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.communicate()
+
+
 def start_search(tiny_dir: Path, space: Path, out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
     # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
     argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "30",
             "--space", str(space), "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out),
             "--study", "s", "--jobs", str(jobs), "--pruner", "none"]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
 
 
 def trials(out: Path) -> list:
@@ -65,10 +85,10 @@ def test_kill_9_mid_trial_then_rerun_keeps_completed_and_fails_the_interrupted(t
 
 
 def test_ctrl_c_records_the_trial_writes_best_json_and_exits_130(tiny_dir, tiny_space, tmp_path):
-    process = start_search(tiny_dir, tiny_space, tmp_path, trials=20)
-    running = wait_for_a_running_trial_after_a_completed_one(tmp_path)[-1].number
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    with killed_at_the_end(start_search(tiny_dir, tiny_space, tmp_path, trials=20)) as process:
+        running = wait_for_a_running_trial_after_a_completed_one(tmp_path)[-1].number
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     message = err.strip().splitlines()
     assert len(message) == 1 and "Resume with: python -m nas.search" in message[0] and "Traceback" not in err
@@ -84,12 +104,14 @@ def test_ctrl_c_stops_a_retrain_and_its_replicas_with_one_line(tiny_dir, tmp_pat
             "--processes", "2", "--out", str(tmp_path / "out")]  # fmt: skip
     # A terminal's Ctrl-C signals the whole foreground process group: the retrain and its replica.
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    for line in process.stdout:
-        if line.startswith("epoch  2/"):
-            break
-    os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
+    with killed_at_the_end(process):
+        for line in process.stdout:
+            if line.startswith("epoch  2/"):
+                break
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     message = err.strip().splitlines()
     assert len(message) == 1 and "Run again with: python -m nas.retrain" in message[0] and "Traceback" not in err

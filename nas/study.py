@@ -135,9 +135,9 @@ def open_study(
     `known_designs` is False), so the search starts from the best published nets and must beat them.
     """
     storage = make_storage(url)
+    created = False
     try:  # load first: create_study(load_if_exists=True) appends to a journal even when the study exists
         study = load_study(name, storage, space, pruner, seed)
-        created = False
     except KeyError:
         try:
             created_study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -145,7 +145,7 @@ def open_study(
                 created_study.set_metric_names([OBJECTIVE])  # optuna-dashboard's name for the value
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            created = False  # another process, here or on another machine, created it first
+            pass  # another process, here or on another machine, created it first
         study = load_study(name, storage, space, pruner, seed)
     # Only the creator records; a worker that lost the race waits for the record before checking it.
     recorded = None if created else _wait_for_record(study)

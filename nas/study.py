@@ -151,15 +151,15 @@ def open_study(
     recorded = None if created else _wait_for_record(study)
     if recorded is None:
         _record(study, space, seed, known_designs)
-    elif (recorded, study.user_attrs.get("max_params"), study.user_attrs.get("max_macs")) != (
+    elif (recorded["space_sha256"], recorded.get("max_params"), recorded.get("max_macs")) != (
         space.sha256,
         space.max_params,
         space.max_macs,
     ):
         raise UserError(
             f"study {name!r} in {redact(url)} was made with another search space "
-            f"or budget ({study.user_attrs.get('space_path')}, max {study.user_attrs.get('max_params'):,} params, "
-            f"max MACs {study.user_attrs.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
+            f"or budget ({recorded.get('space_path')}, max {recorded.get('max_params'):,} params, "
+            f"max MACs {recorded.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
             "or a new --study name"
         )
     return study
@@ -178,12 +178,15 @@ def _record(study: optuna.Study, space: SearchSpace, seed: int, known_designs: b
     study.set_user_attr("space_sha256", space.sha256)
 
 
-def _wait_for_record(study: optuna.Study) -> str | None:
-    """The study's `space_sha256`, once its creator has written it; None if the creator died first."""
+def _wait_for_record(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's attributes, read once its creator has written `space_sha256` (so one read holds
+    the whole record); None if the creator died first."""
     deadline = time.monotonic() + UNCLAIMED_SECONDS
-    while (recorded := study.user_attrs.get("space_sha256")) is None and time.monotonic() < deadline:
+    while "space_sha256" not in (attrs := study.user_attrs):
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(0.05)
-    return recorded
+    return attrs
 
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:

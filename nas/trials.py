@@ -90,6 +90,7 @@ class TrialRecord:
     number: int
     outcome: str  # one of OUTCOMES: waiting (enqueued, not started); over budget (never trained) and pruned apart
     accuracy: float | None  # the final value, or a pruned trial's last report
+    reports: tuple[float, ...]  # validation accuracy at each report the trial made, in order
     genome: Genome | None
     params: int | None
     macs: int | None
@@ -113,6 +114,7 @@ class TrialRecord:
             number=trial.number,
             outcome=_outcome(trial),
             accuracy=_accuracy(trial),
+            reports=tuple(trial.intermediate_values[step] for step in sorted(trial.intermediate_values)),
             genome=Genome.from_dict(attrs[_GENOME]) if _GENOME in attrs else None,
             params=attrs.get(_PARAMS),
             macs=attrs.get(_MACS),

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from nas.errors import UserError
-from nas.rank import main, ranks, spearman, spread_over_ranking
+from nas.rank import main, ranks, spearman, spearman_by_report, spread_over_ranking
 from nas.search import main as search_main
 from nas.trials import TrialRecord
 from tests.helpers import TINY_GENOME
@@ -23,9 +23,9 @@ def test_spearman_matches_the_textbook_figures():
         spearman([1, 2, 3], [5, 5, 5])
 
 
-def record(number: int, outcome: str, accuracy: float | None) -> TrialRecord:
+def record(number: int, outcome: str, accuracy: float | None, reports: tuple[float, ...] = ()) -> TrialRecord:
     return TrialRecord(
-        number, outcome, accuracy, TINY_GENOME, 1000, 10_000, None, None, 2.0, 1.0, "", None, None
+        number, outcome, accuracy, reports, TINY_GENOME, 1000, 10_000, None, None, 3.0, 1.0, "", None, None
     )  # fmt: skip
 
 
@@ -35,6 +35,16 @@ def test_the_picked_trials_span_the_ranking_from_the_winner_to_the_last():
     assert [t.number for t in picked] == [9, 6, 3, 0]  # ranks 0, 3, 6, 9 of ten; the pruned one never
     with pytest.raises(UserError, match="10 completed trials, fewer than the 11"):
         spread_over_ranking(trials, 11)
+
+
+def test_each_report_ranks_the_trials_against_the_retrains():
+    trials = [record(0, "complete", 98.0, (90.0, 95.0, 98.0)), record(1, "complete", 97.0, (91.0, 95.0, 97.0)),
+              record(2, "complete", 96.0, (92.0, 95.0, 96.0))]  # fmt: skip
+    assert spearman_by_report(trials, [99.3, 99.2, 99.1]) == [
+        {"trial_epochs": 1.0, "spearman": -1.0},
+        {"trial_epochs": 2.0, "spearman": None},  # a three-way tie ranks nothing
+        {"trial_epochs": 3.0, "spearman": 1.0},
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -49,6 +59,7 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     ranking = json.loads((study / "ranking" / "ranking.json").read_text())
     assert len(ranking["trials"]) == 3
     assert -1 <= ranking["spearman"] <= 1
+    assert ranking["spearman_by_report"][-1]["spearman"] == ranking["spearman"]  # the last report is the score
     scores = [row["trial_val_accuracy"] for row in ranking["trials"]]
     assert scores == sorted(scores, reverse=True)
     for row in ranking["trials"]:

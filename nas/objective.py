@@ -70,6 +70,11 @@ def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
     )
 
 
+def recipe_params(recipe: Recipe) -> dict[str, float]:
+    """The Optuna parameters from which `sample_recipe` draws exactly `recipe` (its batch size is the space's)."""
+    return {"max_lr": recipe.max_lr, "weight_decay": recipe.weight_decay, "augment_degrees": recipe.augment_degrees}
+
+
 def trial_config(recipe: Recipe, space: SearchSpace, seed: int, trial_number: int, precision: str) -> TrainConfig:
     """The short training run a candidate gets: the space's trial budget under the trial's recipe.
 

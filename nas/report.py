@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = (
     "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason",
-    "max_lr", "weight_decay", "augment_degrees", "known_design", "architecture",
+    "max_lr", "weight_decay", "augment_degrees", "known_design", "mutation", "architecture",
 )  # fmt: skip
 
 
@@ -46,8 +46,9 @@ def trial_line(trial: TrialRecord, elapsed: float) -> str:
     value = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
     reason = f" ({trial.fail_reason})" if trial.fail_reason else ""
     size = f", {trial.params:,} params" if trial.params is not None else ""
-    known = f", known design {trial.known_design}" if trial.known_design else ""
-    return f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}{size}{known}"
+    origin = f", known design {trial.known_design}" if trial.known_design else ""
+    origin += f", mutation {trial.mutation}" if trial.mutation else ""
+    return f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}{size}{origin}"
 
 
 def _complete(trials: list[TrialRecord]) -> list[TrialRecord]:
@@ -93,7 +94,7 @@ def trials_csv(trials: list[TrialRecord]) -> str:
             t.number, t.outcome, _blank(t.params), _blank(t.macs),
             f"{t.accuracy:.2f}" if t.accuracy is not None else "", _blank(t.epochs_run), _blank(t.train_seconds),
             t.fail_reason, *(_blank(t.recipe and getattr(t.recipe, knob)) for knob in RECIPE_KNOBS),
-            _blank(t.known_design), t.genome.describe() if t.genome else "",
+            _blank(t.known_design), _blank(t.mutation), t.genome.describe() if t.genome else "",
         ])  # fmt: skip
     return buffer.getvalue()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import multiprocessing as mp
+import random
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_proc
 from nas.report import progress_table, records, trial_line, write_report
 from nas.space import DEFAULT_SPACE, SearchSpace, load_space
 from nas.study import (
+    PARENTS,
     PRUNERS,
     UNCLAIMED_SECONDS,
     fail_orphaned_trials,
@@ -42,6 +44,7 @@ from nas.study import (
     load_study,
     make_storage,
     open_study,
+    queue_mutant,
     redact,
     repair_journal,
 )
@@ -49,16 +52,21 @@ from nas.train import DivergedError
 
 # A user's runs go here, git-ignored; results/ holds the shipped records and changes only on purpose.
 RUNS_DIR = Path("runs")
+DEFAULT_MUTATION_SHARE = 0.5
 
 
-def run_trials(study: optuna.Study, objective: Objective, claim: Callable[[], bool]) -> None:
+def run_trials(
+    study: optuna.Study, objective: Objective, claim: Callable[[], bool], propose: Callable[[], object] = lambda: None
+) -> None:
     """Run trials one at a time while `claim` grants another: the loop each worker runs.
 
     A slot is claimed before its trial exists, so N workers sharing one counter run exactly the
-    requested number of trials between them. `study.optimize` runs each one, keeping Optuna's
+    requested number of trials between them. `propose` may enqueue the next trial first (a
+    mutation); otherwise the sampler draws it. `study.optimize` runs each one, keeping Optuna's
     bookkeeping: heartbeats, stale-trial retries, a trial told FAIL when it is interrupted.
     """
     while claim():
+        propose()
         study.optimize(objective, n_trials=1, catch=(DivergedError,), gc_after_trial=False)
 
 
@@ -97,6 +105,7 @@ class SearchOptions:
     max_macs: int | None = None
     precision: str = "auto"  # TrainConfig.precision
     known_designs: bool = True  # a new study starts with the known designs that fit
+    mutation_share: float = DEFAULT_MUTATION_SHARE  # trials that mutate one of the best so far (nas.mutation)
 
 
 def _worker(
@@ -117,8 +126,14 @@ def _worker(
         return_freed_memory()
         return (deadline is None or time.time() < deadline) and slots.claim()
 
+    rng = random.Random(f"{options.seed}/{index}")
+
+    def propose() -> None:
+        if rng.random() < options.mutation_share:
+            queue_mutant(study, space, rng)
+
     try:
-        run_trials(study, Objective(space, data, options.seed, options.precision), claim)
+        run_trials(study, Objective(space, data, options.seed, options.precision), claim, propose)
     except KeyboardInterrupt:
         pass  # Optuna told the trial FAIL; the parent reports and exits
 
@@ -239,7 +254,16 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         action="store_false",
         help="do not start a new study with the published designs that fit (nas/known_designs.json)",
     )
+    parser.add_argument(
+        "--mutation-share",
+        type=float,
+        default=DEFAULT_MUTATION_SHARE,
+        help="share of trials that mutate one of the best so far instead of drawing from the space, once "
+        f"{PARENTS} trials have completed; 0 turns mutation off (default {DEFAULT_MUTATION_SHARE})",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.mutation_share <= 1:
+        raise UserError(f"--mutation-share must lie in [0, 1], got {args.mutation_share}")
     for name in ("trials", "jobs", "val_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -267,6 +291,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         max_macs=args.max_macs,
         precision=args.precision,
         known_designs=args.known_designs,
+        mutation_share=args.mutation_share,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import time
 import warnings
@@ -21,12 +22,11 @@ from optuna.trial import TrialState
 
 from nas import journal, known
 from nas.errors import UserError
-from nas.genome import param_count
 from nas.known import KnownDesign
-from nas.model import count_macs
-from nas.objective import genome_params
+from nas.mutation import fits, mutate
+from nas.objective import genome_params, recipe_params
 from nas.space import SearchSpace
-from nas.trials import KNOWN_DESIGN, OBJECTIVE, TrialRecord
+from nas.trials import KNOWN_DESIGN, MUTATION, OBJECTIVE, TrialRecord
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -37,6 +37,7 @@ DATABASE_ATTEMPTS = 3
 # A trial's worker names itself, and a study's creator records its space, within milliseconds of
 # Optuna creating them; one still unnamed or unrecorded after this long lost its process in between.
 UNCLAIMED_SECONDS = 5.0
+PARENTS = 3  # a mutant's parent is one of the study's best few completed trials
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -191,19 +192,34 @@ def _wait_for_record(study: optuna.Study) -> dict[str, Any] | None:
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
     """The known designs this space can draw, within its parameter and MACs budgets."""
-    return [
-        design
-        for design in known.known_designs()
-        if space.architecture.can_draw(design.genome)
-        and param_count(design.genome) <= space.max_params
-        and (space.max_macs is None or count_macs(design.genome) <= space.max_macs)
-    ]
+    return [design for design in known.known_designs() if fits(design.genome, space)]
 
 
 def design_params(design: KnownDesign, space: SearchSpace) -> dict[str, Any]:
     """The Optuna parameters that draw the design; its dropout clipped into the space's range."""
     low, high = space.architecture.dropout
     return {**genome_params(design.genome), "dropout": min(max(design.genome.dropout, low), high)}
+
+
+def queue_mutant(study: optuna.Study, space: SearchSpace, rng: random.Random) -> bool:
+    """Enqueue a mutation of one of the study's best completed trials; False if none was queued:
+    a trial already waits to run, fewer than PARENTS trials have completed, or every mutation
+    drawn is over a budget or was tried before."""
+    trials = [TrialRecord.of(trial) for trial in study.get_trials(deepcopy=False)]
+    if any(t.outcome == "waiting" for t in trials):
+        return False
+    best = sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)[:PARENTS]
+    if len(best) < PARENTS:
+        return False
+    parent = rng.choice(best)
+    mutant = mutate(parent.genome, parent.recipe, space, rng)
+    if mutant is None or (mutant.genome, mutant.recipe) in {(t.genome, t.recipe) for t in trials}:
+        return False
+    study.enqueue_trial(
+        {**genome_params(mutant.genome), **recipe_params(mutant.recipe)},
+        user_attrs={MUTATION: f"of trial {parent.number}: {mutant.change}"},
+    )
+    return True
 
 
 def fail_orphaned_trials(study: optuna.Study, url: str) -> int:

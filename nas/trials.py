@@ -26,6 +26,7 @@ _WORKER, _PEAK_RSS, _GENOME, _PARAMS, _MACS = "worker", "worker_peak_rss_mib", "
 _PRUNE_REASON, _FAIL_REASON, _EPOCHS_RUN, _TRAIN_SECONDS = "prune_reason", "fail_reason", "epochs_run", "train_seconds"
 _RECIPE = "recipe"
 KNOWN_DESIGN = "known_design"  # set when the study enqueues a published design as a trial
+MUTATION = "mutation"  # set when a worker enqueues a mutation of a trial: "of trial N: <change>"
 _OVER_BUDGET, _INFEASIBLE, _BY_PRUNER = "over budget", "infeasible", "pruner"
 
 
@@ -96,6 +97,7 @@ class TrialRecord:
     macs: int | None
     recipe: Recipe | None
     known_design: str | None  # the published design this trial is, if it was enqueued as one
+    mutation: str | None  # "of trial N: <change>", if it was enqueued as a mutation of trial N
     epochs_run: float | None
     train_seconds: float | None
     fail_reason: str  # empty unless failed; a failed trial with no record lost its worker
@@ -120,6 +122,7 @@ class TrialRecord:
             macs=attrs.get(_MACS),
             recipe=Recipe(**attrs[_RECIPE]) if _RECIPE in attrs else None,
             known_design=attrs.get(KNOWN_DESIGN),
+            mutation=attrs.get(MUTATION),
             epochs_run=attrs.get(_EPOCHS_RUN),
             train_seconds=attrs.get(_TRAIN_SECONDS),
             fail_reason=attrs.get(_FAIL_REASON, "worker died") if trial.state == TrialState.FAIL else "",

@@ -25,7 +25,7 @@ def test_spearman_matches_the_textbook_figures():
 
 def record(number: int, outcome: str, accuracy: float | None, reports: tuple[float, ...] = ()) -> TrialRecord:
     return TrialRecord(
-        number, outcome, accuracy, reports, TINY_GENOME, 1000, 10_000, None, None, 3.0, 1.0, "", None, None
+        number, outcome, accuracy, reports, TINY_GENOME, 1000, 10_000, None, None, None, 3.0, 1.0, "", None, None
     )  # fmt: skip
 
 

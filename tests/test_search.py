@@ -1,3 +1,4 @@
+import csv
 import json
 
 import optuna
@@ -8,7 +9,7 @@ from nas.objective import Objective
 from nas.report import CSV_COLUMNS, count_states, records
 from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
-from nas.study import make_storage
+from nas.study import PARENTS, make_storage
 from nas.train import DivergedError, Report
 from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
 
@@ -155,6 +156,7 @@ def test_tiny_search_writes_best_json_and_a_rerun_adds_trials(tiny_dir, tiny_spa
         (["--data-dir", "/nonexistent/mnist"], "no such directory"),
         (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "cannot open storage"),
         (["--out", "/proc/nas-results"], "choose a writable --out"),
+        (["--mutation-share", "1.5"], "--mutation-share must lie in [0, 1], got 1.5"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(extra, problem, tmp_path, capsys):
@@ -199,3 +201,15 @@ def test_an_enqueued_trial_waits_then_is_logged_by_the_run_that_runs_it(tiny_dir
     out = capsys.readouterr().out
     assert "1 trials so far" in out and "trial 1: complete" in out and "known design again" in out
     assert "trial 0:" not in out  # finished before this run
+
+
+def test_once_enough_trials_complete_a_search_with_mutations_runs_mutants_of_the_best(
+    tiny_dir, tiny_space, tmp_path, capsys
+):
+    argv = ["--trials", "6", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(tmp_path), "--study", "s", "--jobs", "1", "--mutation-share", "1"]  # fmt: skip
+    assert main(argv) == 0
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    mutants = [row for row in rows if row["mutation"]]
+    assert mutants and all(int(row["number"]) >= PARENTS for row in mutants)  # the first ones draw from the space
+    assert f"mutation {mutants[0]['mutation']}" in capsys.readouterr().out

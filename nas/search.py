@@ -243,7 +243,13 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--val-size", type=int, default=10_000, help="training images held out for validation")
     parser.add_argument("--study", help="study name (default: the space file's name)")
     parser.add_argument("--storage", help="journal file path or database URL (default runs/<study>/study.journal)")
-    parser.add_argument("--pruner", choices=PRUNERS, default="median")
+    parser.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default="staged",
+        help="staged (default): after the first epoch stop only the bottom quarter, then below the median; "
+        "median: below the median from the first epoch",
+    )
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="worker processes")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / jobs)")
     add_precision_option(parser)

@@ -28,7 +28,7 @@ from nas.objective import genome_params, recipe_params
 from nas.space import SearchSpace
 from nas.trials import KNOWN_DESIGN, MUTATION, OBJECTIVE, TrialRecord
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("staged", "median", "hyperband", "none")
 
 # Database storages only: a trial whose worker is silent for twice this is failed and retried.
 HEARTBEAT_SECONDS = int(os.environ.get("NAS_HEARTBEAT_SECONDS", "30"))
@@ -98,6 +98,28 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
+class StagedPruner(optuna.pruners.BasePruner):
+    """Median pruning from the second epoch on; at the first, only the bottom quarter is stopped.
+
+    After one epoch the one-cycle learning rate is at its peak and a trial's score is as much noise
+    as signal: a known design scored 95.5% there and ended its 3 epochs at 98.6%, while its mutant
+    with the recipe nudged by under 10% scored 91.2% and was pruned by the median; on the 5k
+    ranking the first epoch's scores rank the retrains at Spearman 0.43, the second's at 0.89.
+    So the first epoch stops only the clear failures (43-75% there).
+    """
+
+    def __init__(self, reports_per_epoch: int) -> None:
+        # Report steps count from 1; neither stops a trial before its first epoch ends. Optuna's
+        # percentile is of the trials kept: 75 keeps the top three quarters of a maximised score.
+        self._first_epoch = optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=reports_per_epoch)
+        self._later = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=reports_per_epoch)
+        self._reports_per_epoch = reports_per_epoch
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        in_first_epoch = (trial.last_step or 0) <= self._reports_per_epoch
+        return (self._first_epoch if in_first_epoch else self._later).prune(study, trial)
+
+
 def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
     """Stop weak trials early: at each report their accuracy is compared with finished trials.
 
@@ -105,6 +127,8 @@ def make_pruner(name: str, space: SearchSpace) -> optuna.pruners.BasePruner:
     learning rate look worst at first (seen here: 96.2% at half an epoch, then the study's best).
     """
     steps = space.trial.epochs * space.trial.reports_per_epoch
+    if name == "staged":
+        return StagedPruner(space.trial.reports_per_epoch)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=space.trial.reports_per_epoch)
     if name == "hyperband":

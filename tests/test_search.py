@@ -9,7 +9,7 @@ from nas.objective import Objective
 from nas.report import CSV_COLUMNS, count_states, records
 from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
-from nas.study import PARENTS, make_storage
+from nas.study import PARENTS, StagedPruner, make_storage
 from nas.train import DivergedError, Report
 from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
 
@@ -213,3 +213,23 @@ def test_once_enough_trials_complete_a_search_with_mutations_runs_mutants_of_the
     mutants = [row for row in rows if row["mutation"]]
     assert mutants and all(int(row["number"]) >= PARENTS for row in mutants)  # the first ones draw from the space
     assert f"mutation {mutants[0]['mutation']}" in capsys.readouterr().out
+
+
+def test_the_staged_pruner_stops_only_clear_failures_after_the_first_epoch_then_below_the_median():
+    study = optuna.create_study(direction="maximize")
+    for first, second in [(60, 80), (90, 96), (92, 97), (94, 97.5), (95, 98), (96, 98.3)]:
+        study.add_trial(
+            optuna.trial.create_trial(value=second + 0.5, intermediate_values={1: first, 2: second})
+        )  # fmt: skip
+    pruner = StagedPruner(reports_per_epoch=1)
+
+    def stops(*scores: float) -> bool:
+        running = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING, intermediate_values=dict(enumerate(scores, start=1))
+        )
+        return pruner.prune(study, running)
+
+    assert not stops(91.0)  # below the median (93) of the first epoch, within the top three quarters
+    assert stops(85.0)  # in the bottom quarter
+    assert stops(91.0, 97.0)  # below the second epoch's median, 97.25
+    assert not stops(91.0, 97.5)

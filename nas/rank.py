@@ -28,7 +28,7 @@ from nas.report import records
 from nas.retrain import MAX_EPOCHS, RetrainOptions, retrain
 from nas.study import is_database, make_storage, redact
 from nas.train import ReplicaLost
-from nas.trials import TrialRecord
+from nas.trials import TrialRecord, best_first
 
 DEFAULT_RETRAINS = 6
 
@@ -63,7 +63,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def spread_over_ranking(trials: list[TrialRecord], count: int) -> list[TrialRecord]:
     """`count` completed trials at evenly spaced places in their ranking, best first."""
-    ranked = sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
+    ranked = best_first(trials)
     if len(ranked) < max(count, 2):
         raise UserError(
             f"the study has {len(ranked)} completed trials, fewer than the {max(count, 2)} to compare; "

@@ -20,7 +20,7 @@ from nas import plots, results
 from nas.best import Best, DataSplit
 from nas.space import SearchSpace
 from nas.study import redact
-from nas.trials import OUTCOMES, TrialRecord
+from nas.trials import OUTCOMES, TrialRecord, best_first
 
 if TYPE_CHECKING:
     from nas.search import SearchOptions
@@ -51,18 +51,13 @@ def trial_line(trial: TrialRecord, elapsed: float) -> str:
     return f"[{elapsed:6.0f} s] trial {trial.number}: {trial.outcome}{reason}, val {value}{size}{origin}"
 
 
-def _complete(trials: list[TrialRecord]) -> list[TrialRecord]:
-    """Completed trials, best first."""
-    return sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
-
-
 def progress_table(trials: list[TrialRecord], finished_before: set[int], requested: int, elapsed: float) -> Table:
     """The live view: trial i/N of this run, counts by outcome, best so far."""
     done = sum(t.finished and t.number not in finished_before for t in trials)
     table = Table.grid(padding=(0, 2))
     table.add_row("trials", f"{done}/{requested} this run, {len(trials)} in study", f"{elapsed:,.0f} s")
     table.add_row("outcomes", ", ".join(f"{n} {k}" for k, n in count_states(trials).items()))
-    complete = _complete(trials)
+    complete = best_first(trials)
     if complete:
         best = complete[0]
         table.add_row(
@@ -76,7 +71,7 @@ def top_trials_table(trials: list[TrialRecord], top: int = 10) -> Table:
     table = Table(title=f"Top {top} trials by validation accuracy")
     for column in ("#", "val acc %", "params", "MACs", "epochs", "max lr", "architecture"):
         table.add_column(column, justify="left" if column == "architecture" else "right")
-    for t in _complete(trials)[:top]:
+    for t in best_first(trials)[:top]:
         table.add_row(
             str(t.number), f"{t.accuracy:.2f}", f"{t.params:,}", f"{t.macs:,}", f"{t.epochs_run or 0:g}",
             f"{t.recipe.max_lr:.3f}" if t.recipe else "", t.genome.describe(),
@@ -146,7 +141,7 @@ def write_report(study: optuna.Study, space: SearchSpace, options: SearchOptions
     trials = records(study.trials)
     out = options.out
     results.write_text(out / "trials.csv", trials_csv(trials))
-    if not _complete(trials):
+    if not best_first(trials):
         console.print("[yellow]no trial completed yet, so no best.json; run the command again to continue[/]")
         return
     console.print(top_trials_table(trials))

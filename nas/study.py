@@ -26,7 +26,7 @@ from nas.known import KnownDesign
 from nas.mutation import fits, mutate
 from nas.objective import genome_params, recipe_params
 from nas.space import SearchSpace
-from nas.trials import KNOWN_DESIGN, MUTATION, OBJECTIVE, TrialRecord
+from nas.trials import KNOWN_DESIGN, MUTATION, OBJECTIVE, TrialRecord, best_first
 
 PRUNERS = ("staged", "median", "hyperband", "none")
 
@@ -232,7 +232,7 @@ def queue_mutant(study: optuna.Study, space: SearchSpace, rng: random.Random) ->
     trials = [TrialRecord.of(trial) for trial in study.get_trials(deepcopy=False)]
     if any(t.outcome == "waiting" for t in trials):
         return False
-    best = sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)[:PARENTS]
+    best = best_first(trials)[:PARENTS]
     if len(best) < PARENTS:
         return False
     parent = rng.choice(best)

@@ -131,6 +131,11 @@ class TrialRecord:
         )
 
 
+def best_first(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The completed trials, best first."""
+    return sorted((t for t in trials if t.outcome == "complete"), key=lambda t: -t.accuracy)
+
+
 def _outcome(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         reason = trial.user_attrs.get(_PRUNE_REASON)

@@ -15,9 +15,11 @@ from typing import Any
 from nas import results
 from nas.errors import UserError, read_user_text
 from nas.genome import Genome, param_count
+from nas.space import SearchSpace, parse_space
 from nas.train import Recipe
 
 FIX = "use a best.json written by nas.search"
+RECORD = ("genome", "params", "max_params", "train", "data")  # what `parse` reads into fields; the rest is `found`
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,15 @@ class Best:
     recipe: Recipe
     data: DataSplit
     # How it was found (study, trial, its accuracy and MACs, the space, the command, versions):
-    # written for people and provenance, not read back.
+    # written for people and provenance; only the space is read back.
     found: dict[str, Any] = field(default_factory=dict)
+
+    def space(self) -> SearchSpace | None:
+        """The search space the winner was found in, as recorded; None in a file that has none."""
+        recorded = self.found.get("space")
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("text"), str):
+            return None
+        return parse_space(recorded["text"], f"the search space recorded in best.json ({recorded.get('path')})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +92,7 @@ def parse(text: str, where: str) -> Best:
             val_size=_field(document, "data.val_size", int, where),
             split_seed=_field(document, "data.split_seed", int, where),
         ),
+        found={key: value for key, value in document.items() if key not in RECORD},
     )
     params = param_count(genome)
     if params > best.max_params:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nas.errors import UserError
 from nas.genome import Genome
+from nas.mutation import fits
+from nas.space import SearchSpace
 
 KNOWN_DESIGNS = Path(__file__).with_name("known_designs.json")
+NARROWEST = 0.25  # the smallest width multiplier tried before a design is left out of a space
 
 
 @dataclass(frozen=True)
@@ -27,5 +32,43 @@ def known_designs() -> list[KnownDesign]:
     return [KnownDesign(**{**d, "genome": Genome.from_dict(d["genome"])}) for d in designs]
 
 
-def by_name(name: str) -> KnownDesign:
-    return next(d for d in known_designs() if d.name == name)
+def narrowed(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
+    """Every block's width times `factor`, rounded down to one of `widths` (to the smallest if none
+    is that narrow): a width multiplier, MobileNet's alpha, snapped to a space's choices."""
+    choices = sorted(widths)
+
+    def snap(width: int) -> int:
+        return max([w for w in choices if w <= width * factor], default=choices[0])
+
+    stages = tuple(tuple(dataclasses.replace(b, width=snap(b.width)) for b in stage) for stage in genome.stages)
+    return dataclasses.replace(genome, stages=stages)
+
+
+def as_fits(design: KnownDesign, space: SearchSpace) -> KnownDesign | None:
+    """The design as a study of `space` runs it: as published if it fits the space and budgets, else
+    at the widest multiplier (in steps of 0.05) that fits, named "NAME x0.80"; None if none does.
+
+    No published net reaches 99.4% under 5k parameters; a narrowed one starts that search next to
+    the best designs and gives its winner something to beat.
+    """
+    for percent in range(100, int(NARROWEST * 100) - 1, -5):
+        genome = narrowed(design.genome, percent / 100, space.architecture.widths)
+        if fits(genome, space):
+            name = design.name if genome == design.genome else f"{design.name} x{percent / 100:.2f}"
+            return dataclasses.replace(design, name=name, genome=genome)
+    return None
+
+
+def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
+    """Each known design as a study of this space runs it (see `as_fits`), in the file's order."""
+    return [fitted for design in known_designs() if (fitted := as_fits(design, space)) is not None]
+
+
+def by_name(name: str, space: SearchSpace | None = None) -> KnownDesign:
+    """The design called `name`, as published, or as `space` runs it ("NAME x0.80" names a narrowed one)."""
+    designs = known_designs() + (designs_to_beat(space) if space is not None else [])
+    found = next((d for d in designs if d.name == name), None)
+    if found is None:
+        names = ", ".join(dict.fromkeys(d.name for d in designs))
+        raise UserError(f"no known design {name!r} in this search space; pass one of: {names}")
+    return found

@@ -78,7 +78,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
     winner = best.load(options.best)
     max_params = options.max_params or winner.max_params
-    genome = known.by_name(options.design).genome if options.design else winner.genome
+    genome = known.by_name(options.design, winner.space()).genome if options.design else winner.genome
     params = param_count(genome)
     if params > max_params:
         raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
@@ -203,8 +203,9 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     )
     parser.add_argument(
         "--design",
-        choices=[d.name for d in known.known_designs()],
-        help="train this known design (nas/known_designs.json) with best.json's recipe instead of its genome",
+        metavar="NAME",
+        help="train this known design (nas/known_designs.json; 'NAME x0.80' as best.json's search narrowed it "
+        "to fit) with best.json's recipe instead of its genome",
     )
     parser.add_argument(
         "--min-accuracy",

@@ -20,10 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas import journal, known
+from nas import journal
 from nas.errors import UserError
-from nas.known import KnownDesign
-from nas.mutation import fits, mutate
+from nas.known import KnownDesign, designs_to_beat
+from nas.mutation import mutate
 from nas.objective import genome_params, recipe_params
 from nas.space import SearchSpace
 from nas.trials import KNOWN_DESIGN, MUTATION, OBJECTIVE, TrialRecord, best_first
@@ -212,11 +212,6 @@ def _wait_for_record(study: optuna.Study) -> dict[str, Any] | None:
             return None
         time.sleep(0.05)
     return attrs
-
-
-def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
-    """The known designs this space can draw, within its parameter and MACs budgets."""
-    return [design for design in known.known_designs() if fits(design.genome, space)]
 
 
 def design_params(design: KnownDesign, space: SearchSpace) -> dict[str, Any]:

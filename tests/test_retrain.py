@@ -13,8 +13,10 @@ from nas.best import parse as parse_best
 from nas.data import BUNDLED_MNIST
 from nas.errors import UserError
 from nas.genome import Genome, param_count
+from nas.known import designs_to_beat
 from nas.model import build_model, with_normalisation
 from nas.retrain import SPEC_TESTS, RetrainOptions, main, retrain
+from nas.space import SPACES_DIR, load_space
 from tests.helpers import TINY_GENOME, best_json
 
 RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
@@ -198,6 +200,19 @@ def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["known_design"] == "shwethaamrutha-s6" and metrics["params"] == 6_198
     assert metrics["train"]["max_lr"] == 0.1 and metrics["train"]["weight_decay"] == 5e-4
+
+
+def test_a_known_design_narrowed_by_the_search_retrains_as_the_search_ran_it(tmp_path, tiny_dir):
+    space = load_space(SPACES_DIR / "mnist_5k.toml")
+    path = best_json(tmp_path, tiny_dir, max_params=5_000)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "space": {"path": space.path, "text": space.text}}))
+    narrowed = next(d for d in designs_to_beat(space) if d.name.startswith("shwethaamrutha-s6 x"))
+    argv = [str(path), "--epochs", "1", "--processes", "1", "--min-accuracy", "0", "--out", str(tmp_path / "k")]
+    assert main([*argv, "--design", narrowed.name]) == 0
+    metrics = json.loads((tmp_path / "k" / "metrics.json").read_text())
+    assert metrics["known_design"] == narrowed.name and metrics["genome"] == narrowed.genome.to_dict()
+    assert main([*argv[:-1], str(tmp_path / "other"), "--design", "shwethaamrutha-s6 x0.10"]) == 2
 
 
 def test_a_best_json_from_before_searched_recipes_and_block_genomes_still_loads(tmp_path):

@@ -13,7 +13,7 @@ from nas.mutation import fits
 from nas.space import SearchSpace
 
 KNOWN_DESIGNS = Path(__file__).with_name("known_designs.json")
-NARROWEST = 0.25  # the smallest width multiplier tried before a design is left out of a space
+WIDEST, NARROWEST = 2.0, 0.25  # the width multipliers tried, from the widest down, to fit a design to a space
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def known_designs() -> list[KnownDesign]:
     return [KnownDesign(**{**d, "genome": Genome.from_dict(d["genome"])}) for d in designs]
 
 
-def narrowed(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
+def scaled(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
     """Every block's width times `factor`, rounded down to one of `widths` (to the smallest if none
     is that narrow): a width multiplier, MobileNet's alpha, snapped to a space's choices."""
     choices = sorted(widths)
@@ -44,15 +44,16 @@ def narrowed(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
     return dataclasses.replace(genome, stages=stages)
 
 
-def as_fits(design: KnownDesign, space: SearchSpace) -> KnownDesign | None:
-    """The design as a study of `space` runs it: as published if it fits the space and budgets, else
-    at the widest multiplier (in steps of 0.05) that fits, named "NAME x0.80"; None if none does.
+def scaled_to_budget(design: KnownDesign, space: SearchSpace) -> KnownDesign | None:
+    """The design as a study of `space` runs it: at the widest multiplier, from WIDEST down in steps of
+    0.05, that fits the space and budgets; renamed like "NAME x1.40" unless that leaves it as published;
+    None if none fits.
 
-    No published net reaches 99.4% under 5k parameters; a narrowed one starts that search next to
-    the best designs and gives its winner something to beat.
+    A design from a smaller budget, widened, uses what the budget allows (EfficientNet's width
+    scaling); one from a larger budget, narrowed, starts a 5k search next to the best known designs.
     """
-    for percent in range(100, int(NARROWEST * 100) - 1, -5):
-        genome = narrowed(design.genome, percent / 100, space.architecture.widths)
+    for percent in range(int(WIDEST * 100), int(NARROWEST * 100) - 1, -5):
+        genome = scaled(design.genome, percent / 100, space.architecture.widths)
         if fits(genome, space):
             name = design.name if genome == design.genome else f"{design.name} x{percent / 100:.2f}"
             return dataclasses.replace(design, name=name, genome=genome)
@@ -60,12 +61,12 @@ def as_fits(design: KnownDesign, space: SearchSpace) -> KnownDesign | None:
 
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
-    """Each known design as a study of this space runs it (see `as_fits`), in the file's order."""
-    return [fitted for design in known_designs() if (fitted := as_fits(design, space)) is not None]
+    """Each known design as a study of this space runs it (see `scaled_to_budget`), in the file's order."""
+    return [scaled for design in known_designs() if (scaled := scaled_to_budget(design, space)) is not None]
 
 
 def by_name(name: str, space: SearchSpace | None = None) -> KnownDesign:
-    """The design called `name`, as published, or as `space` runs it ("NAME x0.80" names a narrowed one)."""
+    """The design called `name`, as published, or as `space` runs it ("NAME x0.80" names a scaled one)."""
     designs = known_designs() + (designs_to_beat(space) if space is not None else [])
     found = next((d for d in designs if d.name == name), None)
     if found is None:

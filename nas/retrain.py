@@ -204,7 +204,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     parser.add_argument(
         "--design",
         metavar="NAME",
-        help="train this known design (nas/known_designs.json; 'NAME x0.80' as best.json's search narrowed it "
+        help="train this known design (nas/known_designs.json; 'NAME x0.80' as best.json's search scaled it "
         "to fit) with best.json's recipe instead of its genome",
     )
     parser.add_argument(

@@ -104,7 +104,7 @@ class SearchOptions:
     out: Path
     max_macs: int | None = None
     precision: str = "auto"  # TrainConfig.precision
-    known_designs: bool = True  # a new study starts with the known designs (narrowed to fit where needed)
+    known_designs: bool = True  # a new study starts with the known designs (scaled to its budget)
     mutation_share: float = DEFAULT_MUTATION_SHARE  # trials that mutate one of the best so far (nas.mutation)
 
 
@@ -258,8 +258,8 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         "--no-known-designs",
         dest="known_designs",
         action="store_false",
-        help="do not start a new study with the published designs (nas/known_designs.json; narrowed to fit where "
-        "needed)",
+        help="do not start a new study with the published designs (nas/known_designs.json), each scaled to "
+        "the widest that fits",
     )
     parser.add_argument(
         "--mutation-share",

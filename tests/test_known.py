@@ -7,7 +7,7 @@ import pytest
 
 from nas import study as study_module
 from nas.errors import UserError
-from nas.known import as_fits, by_name, designs_to_beat, known_designs, narrowed
+from nas.known import by_name, designs_to_beat, known_designs, scaled, scaled_to_budget
 from nas.mutation import fits
 from nas.objective import genome_params, sample_genome, sample_recipe
 from nas.space import SPACES_DIR, load_space, parse_space
@@ -39,7 +39,7 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
     assert len(open_study("s", url, space, "median", seed=0).trials) == len(fitting)  # resuming enqueues nothing
     # Smaller budgets run the larger designs narrowed to fit; no published one fits 5k as it is.
     assert [d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_8k.toml"))] == [
-        "woncoh1-s6 x0.95", "era-s6-ram x0.95", "snehanshu-raj-model-3", "shwethaamrutha-s6", "seed-004",
+        "woncoh1-s6 x0.95", "era-s6-ram x0.95", "snehanshu-raj-model-3", "shwethaamrutha-s6 x1.20", "seed-004",
         "seed-001 x0.70",
     ]  # fmt: skip
     assert all(" x0." in d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml")))
@@ -75,20 +75,21 @@ def test_known_designs_can_be_left_out(tmp_path):
     assert open_study("s", str(tmp_path / "j"), space, "median", seed=0, known_designs=False).trials == []
 
 
-def test_a_design_is_narrowed_by_the_widest_multiplier_that_fits_or_left_out():
+def test_a_design_is_scaled_by_the_widest_multiplier_that_fits_or_left_out():
     snehanshu = by_name("snehanshu-raj-model-3")  # 10-10-10 | 16v-16v-8v-8v-8x1-16x1, 7,928 params
-    assert narrowed(snehanshu.genome, 0.8, (4, 6, 8, 16)).describe() == "8-8-8 | 8v-8v-6v-6v-6x1-8x1 gap_fc d0.00"
-    assert narrowed(snehanshu.genome, 0.1, (4, 6)).describe() == "4-4-4 | 4v-4v-4v-4v-4x1-4x1 gap_fc d0.00"
-    for budget in (3_000, 5_000, 7_000):
+    assert scaled(snehanshu.genome, 0.8, (4, 6, 8, 16)).describe() == "8-8-8 | 8v-8v-6v-6v-6x1-8x1 gap_fc d0.00"
+    assert scaled(snehanshu.genome, 1.6, (4, 8, 16, 24)).describe() == "16-16-16 | 24v-24v-8v-8v-8x1-24x1 gap_fc d0.00"
+    assert scaled(snehanshu.genome, 0.1, (4, 6)).describe() == "4-4-4 | 4v-4v-4v-4v-4x1-4x1 gap_fc d0.00"
+    for budget in (3_000, 5_000, 7_000, 12_000, 19_000):
         space = WIDE_OPEN.with_overrides(max_params=budget)
-        fitted = as_fits(snehanshu, space)
+        fitted = scaled_to_budget(snehanshu, space)
         factor = float(fitted.name.split(" x")[1])
-        assert fitted.genome == narrowed(snehanshu.genome, factor, space.architecture.widths)
-        wider = narrowed(snehanshu.genome, factor + 0.05, space.architecture.widths)
+        assert fitted.genome == scaled(snehanshu.genome, factor, space.architecture.widths)
+        wider = scaled(snehanshu.genome, factor + 0.05, space.architecture.widths)
         assert fits(fitted.genome, space) and not fits(wider, space)
         assert by_name(fitted.name, space) == fitted  # what a retrain's --design finds
-    assert as_fits(snehanshu, WIDE_OPEN) == snehanshu  # it fits as published: not renamed
-    tiny = parse_space(TINY_SPACE, "tiny.toml")  # 2 blocks a stage at most: no narrowing makes them drawable
+    assert scaled_to_budget(snehanshu, WIDE_OPEN.with_overrides(max_params=8_000)) == snehanshu  # none wider fits
+    tiny = parse_space(TINY_SPACE, "tiny.toml")  # 2 blocks a stage at most: no scaling makes them drawable
     assert designs_to_beat(tiny) == []
     assert designs_to_beat(WIDE_OPEN.with_overrides(max_params=600)) == []  # too small at any width
     with pytest.raises(UserError, match="no known design 'snehanshu-raj-model-3 x0.50'.*pass one of: woncoh1-s6"):

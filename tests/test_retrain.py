@@ -202,7 +202,7 @@ def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):
     assert metrics["train"]["max_lr"] == 0.1 and metrics["train"]["weight_decay"] == 5e-4
 
 
-def test_a_known_design_narrowed_by_the_search_retrains_as_the_search_ran_it(tmp_path, tiny_dir):
+def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_path, tiny_dir):
     space = load_space(SPACES_DIR / "mnist_5k.toml")
     path = best_json(tmp_path, tiny_dir, max_params=5_000)
     document = json.loads(path.read_text())

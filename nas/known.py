@@ -62,7 +62,7 @@ def scaled_to_budget(design: KnownDesign, space: SearchSpace) -> KnownDesign | N
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
     """Each known design as a study of this space runs it (see `scaled_to_budget`), in the file's order."""
-    return [scaled for design in known_designs() if (scaled := scaled_to_budget(design, space)) is not None]
+    return [fitted for design in known_designs() if (fitted := scaled_to_budget(design, space)) is not None]
 
 
 def by_name(name: str, space: SearchSpace | None = None) -> KnownDesign:

@@ -157,8 +157,8 @@ def open_study(
     """Create the study or resume it; a study made with a different space or budget is refused.
 
     A new study's first trials are the known designs, each as wide as its space and budgets allow
-    (unless `known_designs` is False), so the search starts from the best published
-    nets and must beat them.
+    (unless `known_designs` is False), so the search starts from the best published nets and must
+    beat them.
     """
     storage = make_storage(url)
     created = False

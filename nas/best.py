@@ -42,7 +42,7 @@ class Best:
     found: dict[str, Any] = field(default_factory=dict)
 
     def space(self) -> SearchSpace | None:
-        """The search space the winner was found in, as recorded; None in a file that has none."""
+        """The search space the winner was found in, as `space_record` wrote it; None in a file that has none."""
         recorded = self.found.get("space")
         if not isinstance(recorded, dict) or not isinstance(recorded.get("text"), str):
             return None
@@ -60,6 +60,11 @@ class Best:
 
     def write(self, path: Path) -> None:
         results.write_json(path, self.to_dict())
+
+
+def space_record(space: SearchSpace) -> dict[str, str]:
+    """best.json's `space` entry: the file searched, whole, so a retrain can read it back (`Best.space`)."""
+    return {"path": space.path, "sha256": space.sha256, "text": space.text}
 
 
 def parse(text: str, where: str) -> Best:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas import plots, results
-from nas.best import Best, DataSplit
+from nas.best import Best, DataSplit, space_record
 from nas.space import SearchSpace
 from nas.study import redact
 from nas.trials import OUTCOMES, TrialRecord, best_first
@@ -128,7 +128,7 @@ def best_of(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> 
             "macs": best.macs,
             "val_accuracy": best.accuracy,
             "trial_epochs": space.trial.epochs,
-            "space": {"path": space.path, "sha256": space.sha256, "text": space.text},
+            "space": space_record(space),
             "seed": options.seed,
             "command": "python -m nas.search " + " ".join(sys.argv[1:]),
             "versions": results.versions(),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nas.best import parse as parse_best
+from nas.best import space_record
 from nas.data import BUNDLED_MNIST
 from nas.errors import UserError
 from nas.genome import Genome, param_count
@@ -205,8 +206,7 @@ def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):
 def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_path, tiny_dir):
     space = load_space(SPACES_DIR / "mnist_5k.toml")
     path = best_json(tmp_path, tiny_dir, max_params=5_000)
-    document = json.loads(path.read_text())
-    path.write_text(json.dumps({**document, "space": {"path": space.path, "text": space.text}}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "space": space_record(space)}))
     narrowed = next(d for d in designs_to_beat(space) if d.name.startswith("shwethaamrutha-s6 x"))
     argv = [str(path), "--epochs", "1", "--processes", "1", "--min-accuracy", "0", "--out", str(tmp_path / "k")]
     assert main([*argv, "--design", narrowed.name]) == 0

@@ -7,6 +7,7 @@ import pytest
 
 from nas import study as study_module
 from nas.errors import UserError
+from nas.genome import param_count
 from nas.known import by_name, designs_to_beat, known_designs, scaled, scaled_to_budget
 from nas.mutation import fits
 from nas.objective import genome_params, sample_genome, sample_recipe
@@ -37,12 +38,16 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in waiting] == [design_params(d, space) for d in fitting]
     assert [TrialRecord.of(t).known_design for t in waiting] == [d.name for d in fitting]
     assert len(open_study("s", url, space, "median", seed=0).trials) == len(fitting)  # resuming enqueues nothing
-    # Smaller budgets run the larger designs narrowed to fit; no published one fits 5k as it is.
+    # Smaller budgets run the larger designs narrowed to fit, the smaller ones widened.
     assert [d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_8k.toml"))] == [
         "woncoh1-s6 x0.95", "era-s6-ram x0.95", "snehanshu-raj-model-3", "shwethaamrutha-s6 x1.20", "seed-004",
-        "seed-001 x0.70",
+        "seed-001 x0.70", "woolly-3762 x1.45",
     ]  # fmt: skip
-    assert all(" x0." in d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml")))
+    at_5k = designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml"))
+    assert [d.name.split(" x")[1] for d in at_5k] == ["0.70", "0.70", "0.80", "0.90", "0.80", "0.55", "1.20"]
+    # Every width from 4 to 16 is a choice there, so narrowing loses little of the budget.
+    assert (at_5k[0].name, at_5k[0].genome.describe()) == ("woncoh1-s6 x0.70", "5v-11v-11v | 5x1-11v-11v-11v gap d0.00")
+    assert param_count(at_5k[0].genome) == 4_607
 
 
 def test_a_worker_that_loses_the_race_to_create_waits_for_the_creators_record(tmp_path):
@@ -71,7 +76,7 @@ def test_a_study_whose_creator_died_before_recording_is_recorded_by_the_next_wor
 
 def test_known_designs_can_be_left_out(tmp_path):
     space = load_space(SPACES_DIR / "mnist_20k.toml")
-    assert len(designs_to_beat(space)) == 6
+    assert len(designs_to_beat(space)) == len(known_designs())  # every one, scaled to fit
     assert open_study("s", str(tmp_path / "j"), space, "median", seed=0, known_designs=False).trials == []
 
 

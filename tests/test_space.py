@@ -88,7 +88,7 @@ def test_space_can_draw_the_designs_that_fit_it():
     # The others widen as far as both budgets allow; woncoh1-s6 and snehanshu-raj-model-3 cannot.
     assert [d.name for d in designs_to_beat(space)] == [
         "woncoh1-s6", "era-s6-ram x1.95", "snehanshu-raj-model-3", "shwethaamrutha-s6 x1.65", "seed-004 x1.55",
-        "seed-001 x0.70",
+        "seed-001 x0.70", "woolly-3762 x2.00",
     ]  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from nas import results
 from nas.errors import UserError, read_user_text
 from nas.genome import Genome, param_count
 from nas.space import SearchSpace, parse_space
-from nas.train import Recipe
+from nas.train import DEFAULT_AUGMENT_SHIFT, Recipe
 
 FIX = "use a best.json written by nas.search"
 RECORD = ("genome", "params", "max_params", "train", "data")  # what `parse` reads into fields; the rest is `found`
@@ -79,6 +79,13 @@ def parse(text: str, where: str) -> Best:
         genome = Genome.from_dict(_field(document, "genome", dict, where))
     except UserError as error:
         raise UserError(f"{where}: {error}") from None
+
+    def knob(name: str, before_it_was_searched: float) -> float:
+        """A recipe knob; a best.json written before the search drew it trained with the fixed value."""
+        if name not in _field(document, "train", dict, where):
+            return before_it_was_searched
+        return float(_field(document, f"train.{name}", (int, float), where))
+
     best = Best(
         genome=genome,
         max_params=_field(document, "max_params", int, where),
@@ -86,11 +93,8 @@ def parse(text: str, where: str) -> Best:
             max_lr=float(_field(document, "train.max_lr", (int, float), where)),
             batch_size=_field(document, "train.batch_size", int, where),
             weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
-            augment_degrees=float(
-                _field(document, "train.augment_degrees", (int, float), where)
-                if "augment_degrees" in _field(document, "train", dict, where)
-                else DEFAULT_AUGMENT_DEGREES
-            ),
+            augment_degrees=knob("augment_degrees", DEFAULT_AUGMENT_DEGREES),
+            augment_shift=knob("augment_shift", DEFAULT_AUGMENT_SHIFT),
         ),
         data=DataSplit(
             dir=_field(document, "data.dir", (str, type(None)), where),
@@ -111,10 +115,11 @@ def parse(text: str, where: str) -> Best:
         and recipe.batch_size > 0
         and 0 <= recipe.weight_decay < math.inf
         and 0 <= recipe.augment_degrees < math.inf
+        and 0 <= recipe.augment_shift < math.inf
     ):
         raise UserError(
-            f"{where}: train.max_lr and batch_size must be positive, weight_decay and augment_degrees "
-            "finite and not negative; fix or regenerate it"
+            f"{where}: train.max_lr and batch_size must be positive, weight_decay, augment_degrees and "
+            "augment_shift finite and not negative; fix or regenerate it"
         )
     if best.data.val_size < 1:
         raise UserError(f"{where}: data.val_size must be positive; fix or regenerate it")

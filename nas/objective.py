@@ -59,6 +59,9 @@ def genome_params(genome: Genome) -> dict[str, Any]:
     return params
 
 
+RECIPE_KNOBS = ("max_lr", "weight_decay", "augment_degrees", "augment_shift")  # the recipe a space samples
+
+
 def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
     """Draw the training settings; a range whose ends are equal fixes the value."""
     weight_decay = training.weight_decay
@@ -67,12 +70,13 @@ def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
         batch_size=training.batch_size,
         weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=weight_decay[0] > 0),
         augment_degrees=trial.suggest_float("augment_degrees", *training.augment_degrees),
+        augment_shift=trial.suggest_float("augment_shift", *training.augment_shift),
     )
 
 
 def recipe_params(recipe: Recipe) -> dict[str, float]:
     """The Optuna parameters from which `sample_recipe` draws exactly `recipe` (its batch size is the space's)."""
-    return {"max_lr": recipe.max_lr, "weight_decay": recipe.weight_decay, "augment_degrees": recipe.augment_degrees}
+    return {knob: getattr(recipe, knob) for knob in RECIPE_KNOBS}
 
 
 def trial_config(recipe: Recipe, space: SearchSpace, seed: int, trial_number: int, precision: str) -> TrainConfig:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from nas import plots, results
 from nas.best import Best, DataSplit, space_record
+from nas.objective import RECIPE_KNOBS
 from nas.space import SearchSpace
 from nas.study import redact
 from nas.trials import OUTCOMES, TrialRecord, best_first
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = (
     "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason",
-    "max_lr", "weight_decay", "augment_degrees", "known_design", "mutation", "architecture",
+    "max_lr", "weight_decay", "augment_degrees", "augment_shift", "known_design", "mutation", "architecture",
 )  # fmt: skip
 
 
@@ -92,9 +93,6 @@ def trials_csv(trials: list[TrialRecord]) -> str:
             _blank(t.known_design), _blank(t.mutation), t.genome.describe() if t.genome else "",
         ])  # fmt: skip
     return buffer.getvalue()
-
-
-RECIPE_KNOBS = ("max_lr", "weight_decay", "augment_degrees")  # the recipe a space samples
 
 
 def _blank(value: object) -> object:

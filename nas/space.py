@@ -19,6 +19,7 @@ from typing import Any
 
 from nas.errors import UserError, read_user_text
 from nas.genome import HEADS, INPUT_SIZE, KERNELS, Block, Genome, param_count
+from nas.train import DEFAULT_AUGMENT_SHIFT
 
 # Inside the package, so an installed nas finds its default; the repository shows them as search_spaces/.
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
@@ -58,7 +59,9 @@ class TrainingSpace:
     max_lr: Range  # one-cycle peak learning rate, sampled log-uniformly
     batch_size: int  # images per step
     weight_decay: Range  # L2 on all weights; log-uniformly unless the range starts at 0
-    augment_degrees: Range  # max random rotation; 0 turns augmentation off
+    augment_degrees: Range  # max random rotation; 0 with no shift turns augmentation off
+    # Max random translation in pixels; optional: a space without it shifts up to 2 px, as all did before.
+    augment_shift: Range = (DEFAULT_AUGMENT_SHIFT, DEFAULT_AUGMENT_SHIFT)
 
 
 @dataclass(frozen=True)
@@ -165,10 +168,13 @@ def _section(table: Any, cls: type, where: str) -> Any:
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; known keys are {', '.join(fields)}")
-    missing = [name for name in fields if name not in table]
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    missing = [name for name in fields if name not in table and name not in optional]
     if missing:
         raise UserError(f"{where}: missing key {missing[0]!r}")
-    return cls(**{name: _coerce(table[name], kind, f"{where}.{name}") for name, kind in fields.items()})
+    return cls(
+        **{name: _coerce(table[name], kind, f"{where}.{name}") for name, kind in fields.items() if name in table}
+    )
 
 
 def _check_values(space: SearchSpace, where: str) -> None:
@@ -192,6 +198,7 @@ def _check_values(space: SearchSpace, where: str) -> None:
         (training.batch_size >= 1, "training.batch_size must be at least 1"),
         (training.weight_decay[0] >= 0, "training.weight_decay must not be negative"),
         (training.augment_degrees[0] >= 0, "training.augment_degrees must not be negative"),
+        (training.augment_shift[0] >= 0, "training.augment_shift must not be negative"),
         (trial.epochs >= 1, "trial.epochs must be at least 1"),
         (trial.reports_per_epoch >= 1, "trial.reports_per_epoch must be at least 1"),
     ]

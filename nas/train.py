@@ -29,6 +29,8 @@ from nas import machine
 from nas.data import Dataset, Split, augment, random_affine, to_pixels
 from nas.processes import die_with_parent, spawn
 
+# Every run shifted images by up to this many pixels before the shift was a recipe knob.
+DEFAULT_AUGMENT_SHIFT = 2.0
 # A replica that waits this long for another gives up on it (one that dies is noticed at once).
 REPLICA_TIMEOUT_SECONDS = 60
 LOOPBACK = "127.0.0.1"  # the replicas' exchange never leaves this machine
@@ -42,6 +44,7 @@ class Recipe:
     batch_size: int
     weight_decay: float
     augment_degrees: float  # max random rotation; 0 with no shift turns augmentation off
+    augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels (older records lack it)
 
     def config(self, epochs: int, **how: Any) -> TrainConfig:
         """A TrainConfig with this recipe; `how` sets the rest (seed, reports, precision, ...)."""
@@ -58,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 on all weights, per step
     momentum: float = 0.9
     augment_degrees: float = 7.0  # max random rotation, degrees; 0 turns augmentation off
-    augment_shift: float = 2.0  # max random translation, pixels
+    augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels
     reports_per_epoch: int = 1  # validation evaluations per epoch, each passed to `on_report`
     seed: int = 0  # data order, augmentation and dropout
     # How it runs on this machine; None or "auto" leaves the choice to nas.machine's measurement.

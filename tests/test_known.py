@@ -110,3 +110,8 @@ def test_recipe_ranges_are_sampled_and_equal_ends_fix_a_value():
     assert all(r.weight_decay == 0.0 and r.batch_size == 64 for r in recipes)
     assert all(0.05 <= r.max_lr <= 0.2 and 0.0 <= r.augment_degrees <= 7.0 for r in recipes)
     assert len({r.augment_degrees for r in recipes}) == 20
+    assert all(r.augment_shift == 2.0 for r in recipes)  # a space without the shift keeps the 2 px all searches used
+    training = parse_space(TINY_SPACE.replace("[trial]", "augment_shift = [0.0, 3.0]\n[trial]"), "tiny.toml").training
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    shifts = [sample_recipe(study.ask(), training).augment_shift for _ in range(20)]
+    assert all(0.0 <= s <= 3.0 for s in shifts) and len(set(shifts)) == 20

@@ -218,7 +218,7 @@ def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_p
 def test_a_best_json_from_before_searched_recipes_and_block_genomes_still_loads(tmp_path):
     old = json.loads(json.dumps(OLD_BEST))
     winner = parse_best(json.dumps(old), "old.json")
-    assert winner.recipe.augment_degrees == 7.0  # what those searches trained with
+    assert (winner.recipe.augment_degrees, winner.recipe.augment_shift) == (7.0, 2.0)  # as those searches trained
     assert winner.genome.describe() == "20 | 8x1-12-24 | 24-20-8 fc d0.07"
     assert param_count(winner.genome) == 18_902
 

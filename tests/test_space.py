@@ -50,6 +50,7 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("weight_decay = [1e-5, 1e-4]", "weight_decay = 1e-4"), "training.weight_decay", r"\[min, max\]"),
         (edited("weight_decay = [1e-5, 1e-4]", "weight_decay = [-1.0, 0.0]"), "weight_decay", "not be negative"),
         (edited("augment_degrees = [4.0, 12.0]", "augment_degrees = [-5.0, 5.0]"), "augment_degrees", "negative"),
+        (edited("augment_degrees =", "augment_shift = [-1.0, 2.0]\naugment_degrees ="), "augment_shift", "negative"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):

@@ -5,11 +5,12 @@ import optuna
 import pytest
 
 from nas.genome import Genome, param_count
+from nas.known import designs_to_beat
 from nas.objective import Objective
 from nas.report import CSV_COLUMNS, count_states, records
 from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
-from nas.study import PARENTS, StagedPruner, make_storage
+from nas.study import PARENTS, StagedPruner, design_params, make_storage
 from nas.train import DivergedError, Report
 from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
 
@@ -109,6 +110,21 @@ def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections
     for t in study.trials:
         if TrialRecord.of(t).outcome == "pruned":
             assert max(t.intermediate_values) < final_step  # a finished run is never thrown away
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_a_known_design_runs_its_whole_trial_where_any_other_is_pruned(tiny_data):
+    space = load_space(DEFAULT_SPACE, max_macs=NO_MACS_CAP)
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    design = designs_to_beat(space)[0]
+    study.enqueue_trial(design_params(design, space), user_attrs={KNOWN_DESIGN: design.name})
+    study.enqueue_trial(design_params(design, space))  # the same net, not marked as a known design
+    run_trials(study, Objective(space, tiny_data, seed=0, train_fn=SpyTrainer()), TrialSlots(2).claim)
+    assert [TrialRecord.of(t).outcome for t in study.trials] == ["complete", "pruned"]
 
 
 def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tiny_data):

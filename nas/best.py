@@ -16,7 +16,7 @@ from nas import results
 from nas.errors import UserError, read_user_text
 from nas.genome import Genome, param_count
 from nas.space import SearchSpace, parse_space
-from nas.train import DEFAULT_AUGMENT_SHIFT, Recipe
+from nas.train import DEFAULT_AUGMENT_DEGREES, DEFAULT_AUGMENT_SHIFT, Recipe
 
 FIX = "use a best.json written by nas.search"
 RECORD = ("genome", "params", "max_params", "train", "data")  # what `parse` reads into fields; the rest is `found`
@@ -129,10 +129,6 @@ def parse(text: str, where: str) -> Best:
 def load(path: Path) -> Best:
     """Read and validate a best.json file."""
     return parse(read_user_text(path, "the best.json", "pass the best.json a search wrote"), str(path))
-
-
-# Written before augmentation was searched: those searches trained with this fixed rotation.
-DEFAULT_AUGMENT_DEGREES = 7.0
 
 
 def _field(document: dict, dotted: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -29,7 +29,8 @@ from nas import machine
 from nas.data import Dataset, Split, augment, random_affine, to_pixels
 from nas.processes import die_with_parent, spawn
 
-# Every run shifted images by up to this many pixels before the shift was a recipe knob.
+# Before each was a recipe knob, every run augmented with these: rotation up to 7 degrees, shift up to 2 px.
+DEFAULT_AUGMENT_DEGREES = 7.0
 DEFAULT_AUGMENT_SHIFT = 2.0
 # A replica that waits this long for another gives up on it (one that dies is noticed at once).
 REPLICA_TIMEOUT_SECONDS = 60
@@ -60,7 +61,7 @@ class TrainConfig:
     batch_size: int = 128  # images per step
     weight_decay: float = 5e-4  # L2 on all weights, per step
     momentum: float = 0.9
-    augment_degrees: float = 7.0  # max random rotation, degrees; 0 turns augmentation off
+    augment_degrees: float = DEFAULT_AUGMENT_DEGREES  # max random rotation, degrees; 0 turns augmentation off
     augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels
     reports_per_epoch: int = 1  # validation evaluations per epoch, each passed to `on_report`
     seed: int = 0  # data order, augmentation and dropout

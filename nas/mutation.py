@@ -100,7 +100,8 @@ ARCHITECTURE_MUTATIONS: tuple[Callable[[Genome, SearchSpace, random.Random], tup
 
 def nudge_recipe(genome: Genome, recipe: Recipe, space: SearchSpace, rng: random.Random) -> tuple[Genome, Recipe, str]:
     """Learning rate and weight decay times up to 1.5 either way, rotation up to 2 degrees, shift up
-    to half a pixel, dropout up to 0.02, each kept in the space's range."""
+    to half a pixel, dropout up to 0.02, each kept in the space's range. The batch size stays: another
+    would change what the learning rate means."""
     training, dropout_range = space.training, space.architecture.dropout
 
     def clip(value: float, bounds: tuple[float, float]) -> float:

@@ -1,6 +1,6 @@
 """The trial side of the search: sample a candidate, check its budgets, train it briefly.
 
-Each trial draws a genome and a learning rate, is rejected before it trains a step when it is
+Each trial draws a genome and a training recipe, is rejected before it trains a step when it is
 over the parameter or MACs budget, and otherwise trains with a callback that reports validation
 accuracy to Optuna and obeys its pruner. What it records goes through nas.trials.
 """
@@ -59,7 +59,7 @@ def genome_params(genome: Genome) -> dict[str, Any]:
     return params
 
 
-RECIPE_KNOBS = ("max_lr", "weight_decay", "augment_degrees", "augment_shift")  # the recipe a space samples
+RECIPE_KNOBS = ("max_lr", "batch_size", "weight_decay", "augment_degrees", "augment_shift")  # what a space samples
 
 
 def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
@@ -67,15 +67,15 @@ def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
     weight_decay = training.weight_decay
     return Recipe(
         max_lr=trial.suggest_float("max_lr", *training.max_lr, log=True),
-        batch_size=training.batch_size,
+        batch_size=trial.suggest_categorical("batch_size", training.batch_size),
         weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=weight_decay[0] > 0),
         augment_degrees=trial.suggest_float("augment_degrees", *training.augment_degrees),
         augment_shift=trial.suggest_float("augment_shift", *training.augment_shift),
     )
 
 
-def recipe_params(recipe: Recipe) -> dict[str, float]:
-    """The Optuna parameters from which `sample_recipe` draws exactly `recipe` (its batch size is the space's)."""
+def recipe_params(recipe: Recipe) -> dict[str, float | int]:
+    """The Optuna parameters from which `sample_recipe` draws exactly `recipe`."""
     return {knob: getattr(recipe, knob) for knob in RECIPE_KNOBS}
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = (
     "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason",
-    "max_lr", "weight_decay", "augment_degrees", "augment_shift", "known_design", "mutation", "architecture",
+    *RECIPE_KNOBS, "known_design", "mutation", "architecture",
 )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ class ArchitectureSpace:
 @dataclass(frozen=True)
 class TrainingSpace:
     max_lr: Range  # one-cycle peak learning rate, sampled log-uniformly
-    batch_size: int  # images per step
+    batch_size: tuple[int, ...]  # choices: images per step (a bare number is the only choice)
     weight_decay: Range  # L2 on all weights; log-uniformly unless the range starts at 0
     augment_degrees: Range  # max random rotation; 0 with no shift turns augmentation off
     # Max random translation in pixels; optional: a space without it shifts up to 2 px, as all did before.
@@ -129,7 +129,8 @@ def _type_name(kind: Any) -> str:
     if kind == IntRange:
         return "[min, max] integers"
     if typing.get_origin(kind) is tuple:
-        return f"a non-empty list of {typing.get_args(kind)[0].__name__}s"
+        name = typing.get_args(kind)[0].__name__
+        return f"a non-empty list of {name}s, or one {name}"
     return "an integer" if kind is int else "a finite number"
 
 
@@ -151,6 +152,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return (scalar(value[0]), scalar(value[1]))
     if typing.get_origin(kind) is tuple:
         scalar = args[0]
+        if is_a(value, scalar):
+            value = [value]  # one choice, written without brackets
         if not isinstance(value, list) or not all(is_a(v, scalar) for v in value):
             raise UserError(f"{where} must be {_type_name(kind)}")
         if not value:
@@ -195,7 +198,7 @@ def _check_values(space: SearchSpace, where: str) -> None:
         (0 <= arch.dropout[0] and arch.dropout[1] < 1, "architecture.dropout must lie in [0, 1)"),
         (set(arch.heads) <= set(HEADS), f"architecture.heads must be among {', '.join(HEADS)}"),
         (training.max_lr[0] > 0, "training.max_lr must be positive (it is sampled log-uniformly)"),
-        (training.batch_size >= 1, "training.batch_size must be at least 1"),
+        (min(training.batch_size) >= 1, "training.batch_size must be at least 1"),
         (training.weight_decay[0] >= 0, "training.weight_decay must not be negative"),
         (training.augment_degrees[0] >= 0, "training.augment_degrees must not be negative"),
         (training.augment_shift[0] >= 0, "training.augment_shift must not be negative"),

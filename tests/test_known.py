@@ -101,7 +101,7 @@ def test_a_design_is_scaled_by_the_widest_multiplier_that_fits_or_left_out():
         by_name("snehanshu-raj-model-3 x0.50", WIDE_OPEN)
 
 
-def test_recipe_ranges_are_sampled_and_equal_ends_fix_a_value():
+def test_recipe_ranges_and_choices_are_sampled_and_equal_ends_fix_a_value():
     training = parse_space(
         TINY_SPACE.replace("weight_decay = [1e-4, 5e-4]", "weight_decay = [0.0, 0.0]"), "tiny.toml"
     ).training
@@ -115,3 +115,6 @@ def test_recipe_ranges_are_sampled_and_equal_ends_fix_a_value():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     shifts = [sample_recipe(study.ask(), training).augment_shift for _ in range(20)]
     assert all(0.0 <= s <= 3.0 for s in shifts) and len(set(shifts)) == 20
+    training = parse_space(TINY_SPACE.replace("batch_size = 64", "batch_size = [32, 128]"), "tiny.toml").training
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert {sample_recipe(study.ask(), training).batch_size for _ in range(20)} == {32, 128}

@@ -52,11 +52,12 @@ def test_every_mutant_is_in_the_space_within_budget_and_is_what_its_params_draw(
 def test_a_recipe_nudge_stays_in_the_space_and_is_what_its_params_draw():
     space = load_space(SPACES_DIR / "mnist_5k.toml")  # the shift is searched there, 0-3 px
     genome = next(d.genome for d in known_designs() if d.name == "woolly-3762")
-    recipe = Recipe(max_lr=0.1, batch_size=128, weight_decay=3e-5, augment_degrees=8.0, augment_shift=2.8)
+    recipe = Recipe(max_lr=0.1, batch_size=32, weight_decay=3e-5, augment_degrees=8.0, augment_shift=2.8)
     shifts = set()
     for seed in range(20):
         _, nudged, change = nudge_recipe(genome, recipe, space, random.Random(seed))
         assert 0.0 <= nudged.augment_shift <= 3.0 and "shift 2.8->" in change
+        assert nudged.batch_size == 32  # one of the space's choices, kept
         assert sample_recipe(optuna.trial.FixedTrial(recipe_params(nudged)), space.training) == nudged
         shifts.add(nudged.augment_shift)
     assert 3.0 in shifts and len(shifts) > 10  # clipped at the space's end, else anywhere within half a pixel

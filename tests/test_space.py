@@ -31,6 +31,7 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("[trial]", "[trials]"), None, r"unknown table \[trials\]"),
         (edited("epochs = 3 ", "# epochs removed "), "trial", "missing key 'epochs'"),
         (edited("batch_size = 128", 'batch_size = "128"'), "training.batch_size", "list of ints, or one int"),
+        (edited("batch_size = 128", "batch_size = 12.8"), "training.batch_size", "list of ints, or one int"),
         (edited("batch_size = 128", "batch_size = [64, 12.8]"), "training.batch_size", "list of ints"),
         (edited("batch_size = 128", "batch_size = [64, 0]"), "training.batch_size", "at least 1"),
         (edited("widths = [4, 6, 8, 10, 12, 16, 20, 24, 32]", "widths = []"), "architecture.widths", "empty list"),

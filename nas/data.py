@@ -33,6 +33,7 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    teacher_logits: torch.Tensor | None = None  # N x classes, a trained net's scores, for distillation
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -6,10 +6,12 @@ python -m nas.retrain runs/mnist_20k/best.json --epochs 19
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from nas import best, known, plots, results
-from nas.data import load_dataset, with_validation_in_training
+from nas.data import Split, load_dataset, to_pixels, with_validation_in_training
 from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
 from nas.machine import add_precision_option
@@ -28,6 +30,7 @@ from nas.train import ReplicaLost, Report, evaluate, train
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
 MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
 DEFAULT_MIN_ACCURACY = 99.4  # percent on the test set; the seeds' floor
+DEFAULT_DISTILL_WEIGHT = 0.5  # with --teacher: half the loss from the teacher's scores, half from the labels
 TRAIN_ON = {
     "all": "every training image: the search's training and validation splits",
     "split": "the search's training split only; validation figures stay unseen",
@@ -42,6 +45,34 @@ def export_frozen(model: nn.Module, path: Path) -> None:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     results.write_bytes(path, buffer.getvalue())
+
+
+def load_teacher(path: Path) -> nn.Module:
+    """A frozen model.pt2 from an earlier retrain, as a callable module, or one line on what is wrong."""
+    fix = "pass --teacher a model.pt2 written by nas.retrain"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; {fix}")
+    export_log = logging.getLogger("torch.export")  # it logs a screenful before raising on a bad file
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as error:  # anything that is not an exported program
+        raise UserError(f"{path}: not a frozen model ({type(error).__name__}); {fix}") from None
+    finally:
+        export_log.setLevel(level)
+
+
+def teacher_logits(teacher: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
+    """The teacher's scores for every image of `split`, once: the targets a distilled net learns from."""
+    with torch.inference_mode():
+        logits = torch.cat(
+            [teacher(to_pixels(split.images[start : start + batch_size])) for start in range(0, len(split), batch_size)]
+        )
+    if logits.shape != (len(split), NUM_CLASSES):
+        shape = tuple(logits.shape[1:])
+        raise UserError(f"the teacher's output per image is {shape}, not {NUM_CLASSES} scores; pass an MNIST model")
+    return logits.float()
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -71,6 +102,8 @@ class RetrainOptions:
     precision: str = "auto"  # TrainConfig.precision
     train_on: str = "all"  # one of TRAIN_ON
     design: str | None = None  # a known design's name: train it instead of best.json's genome, same recipe
+    teacher: Path | None = None  # a frozen model.pt2 to distil from
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT  # TrainConfig.distill_weight, with a teacher
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
@@ -82,19 +115,27 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     params = param_count(genome)
     if params > max_params:
         raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
+    teacher = load_teacher(options.teacher) if options.teacher else None
     results.check_writable(options.out)
     data_dir = str(options.data_dir.resolve()) if options.data_dir else winner.data.dir
     data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed)
     if options.train_on == "all":
         data = with_validation_in_training(data)
+    if teacher is not None:
+        data = replace(data, train=replace(data.train, teacher_logits=teacher_logits(teacher, data.train)))
     config = winner.recipe.config(
-        epochs=options.epochs, seed=options.seed, precision=options.precision, processes=options.processes
+        epochs=options.epochs,
+        seed=options.seed,
+        precision=options.precision,
+        processes=options.processes,
+        distill_weight=options.distill_weight if options.teacher else 0.0,
     ).resolved()
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
     log = [
         f"retrain {options.best}"
         + (f" as known design {options.design}" if options.design else "")
+        + (f", distilled from {options.teacher}" if options.teacher else "")
         + f": {genome.describe()}, {params:,} params, {options.epochs} epochs on {len(data.train):,} images, "
         f"seed {options.seed}, {config.precision}, {config.processes} training process(es)"
     ]
@@ -152,6 +193,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
             "trained_on": f"{options.train_on}: {TRAIN_ON[options.train_on]} ({len(data.train):,} images)",
         },
         "known_design": options.design,
+        "teacher": _teacher_record(options.teacher),
         "input": {
             "shape": ["N", IN_CHANNELS, INPUT_SIZE, INPUT_SIZE],
             "dtype": "float32",
@@ -172,6 +214,13 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py, training.png to {out}")
     console.print(f"check the spec: pytest {out / 'test_model.py'}")
     return metrics
+
+
+def _teacher_record(path: Path | None) -> dict | None:
+    """Which frozen model taught this one: its path and, since a path can be overwritten, its digest."""
+    if path is None:
+        return None
+    return {"model": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _state_dict_bytes(model: nn.Module) -> bytes:
@@ -208,6 +257,18 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         "to fit) with best.json's recipe instead of its genome",
     )
     parser.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="MODEL_PT2",
+        help="distil from this frozen model (a model.pt2 from an earlier retrain, e.g. a larger budget's): "
+        "it scores every training image once, and part of the loss matches its scores",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        help=f"with --teacher, the share of the loss that matches its scores (default {DEFAULT_DISTILL_WEIGHT})",
+    )
+    parser.add_argument(
         "--min-accuracy",
         type=float,
         default=DEFAULT_MIN_ACCURACY,
@@ -220,6 +281,11 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         raise UserError(f"--max-params must be positive, got {args.max_params}")
     if args.processes is not None and args.processes < 1:
         raise UserError(f"--processes must be at least 1, got {args.processes}")
+    if args.distill_weight is not None and not args.teacher:
+        raise UserError("--distill-weight needs --teacher: the model whose scores it weighs")
+    distill_weight = DEFAULT_DISTILL_WEIGHT if args.distill_weight is None else args.distill_weight
+    if not 0 < distill_weight <= 1:
+        raise UserError(f"--distill-weight must lie in (0, 1], got {distill_weight}")
     return RetrainOptions(
         best=args.best,
         epochs=args.epochs,
@@ -232,6 +298,8 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         precision=args.precision,
         train_on=args.train_on,
         design=args.design,
+        teacher=args.teacher,
+        distill_weight=distill_weight,
     )
 
 

@@ -63,6 +63,10 @@ class TrainConfig:
     momentum: float = 0.9
     augment_degrees: float = DEFAULT_AUGMENT_DEGREES  # max random rotation, degrees; 0 turns augmentation off
     augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels
+    # Distillation (Hinton et al. 2015): this share of the loss matches the training split's
+    # teacher_logits, softened by the temperature; the rest is cross-entropy with the labels.
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
     reports_per_epoch: int = 1  # validation evaluations per epoch, each passed to `on_report`
     seed: int = 0  # data order, augmentation and dropout
     # How it runs on this machine; None or "auto" leaves the choice to nas.machine's measurement.
@@ -75,6 +79,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size, reports_per_epoch and processes must be at least 1")
         if not self.max_lr > 0:
             raise ValueError("max_lr must be positive")
+        if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
+            raise ValueError("distill_weight must lie in [0, 1] and distill_temperature be positive")
         if self.precision not in ("auto", *machine.PRECISIONS):
             raise ValueError(f"precision must be auto, {' or '.join(machine.PRECISIONS)}, got {self.precision!r}")
 
@@ -298,6 +304,9 @@ def _train_replica(
     val_share = _share(0, len(data.val), rank, config.processes)
     val = Split(data.val.images[val_share], data.val.labels[val_share])
     augmenting = bool(config.augment_degrees or config.augment_shift)
+    teacher_logits = data.train.teacher_logits if config.distill_weight else None
+    if config.distill_weight and teacher_logits is None:
+        raise ValueError("distill_weight is set but the training split has no teacher_logits")
     reports: list[Report] = []
     start = time.perf_counter()
     for epoch in range(config.epochs):
@@ -316,6 +325,9 @@ def _train_replica(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 logits = model(x.contiguous(memory_format=layout))
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                if teacher_logits is not None:
+                    taught = distillation_loss(logits.float(), teacher_logits[order[mine]], config.distill_temperature)
+                    loss = (1 - config.distill_weight) * loss + config.distill_weight * taught
             (loss / (last - first)).backward()  # this replica's part of the batch's mean loss
             totals = torch.stack([loss.detach(), (logits.argmax(1) == y).sum().float()])
             if exchange is not None:
@@ -354,6 +366,16 @@ def _train_replica(
                 if on_report is not None:
                     on_report(report)
     return reports
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Summed KL divergence from the teacher's softened predictions to the student's, times T squared.
+
+    T squared keeps its gradients on the scale of cross-entropy's whatever the temperature.
+    """
+    student = F.log_softmax(logits / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
 
 
 def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:

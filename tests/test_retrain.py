@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import re
@@ -213,6 +214,31 @@ def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_p
     metrics = json.loads((tmp_path / "k" / "metrics.json").read_text())
     assert metrics["known_design"] == narrowed.name and metrics["genome"] == narrowed.genome.to_dict()
     assert main([*argv[:-1], str(tmp_path / "other"), "--design", "shwethaamrutha-s6 x0.10"]) == 2
+
+
+def test_a_retrain_distils_from_a_frozen_model_and_records_which(good, tmp_path, tiny_dir, capsys):
+    argv = [str(best_json(tmp_path, tiny_dir)), "--epochs", "1", "--processes", "1", "--min-accuracy", "0"]
+    teacher = good / "model.pt2"
+    assert main([*argv, "--out", str(tmp_path / "taught"), "--teacher", str(teacher), "--distill-weight", "0.3"]) == 0
+    metrics = json.loads((tmp_path / "taught" / "metrics.json").read_text())
+    assert metrics["teacher"] == {"model": str(teacher), "sha256": hashlib.sha256(teacher.read_bytes()).hexdigest()}
+    assert metrics["train"]["distill_weight"] == 0.3
+    assert "distilled from" in (tmp_path / "taught" / "train.log").read_text()
+    capsys.readouterr()
+
+    not_a_model = tmp_path / "model.pt2"
+    not_a_model.write_text("weights")
+    for bad, problem in [
+        (["--teacher", str(not_a_model)], "not a frozen model"),
+        (["--teacher", str(tmp_path / "missing.pt2")], "no such file"),
+        (["--teacher", str(good / "weights.pt")], "not a frozen model"),  # a zip archive, but no program
+        (["--distill-weight", "0.5"], "needs --teacher"),
+        (["--teacher", str(teacher), "--distill-weight", "0"], "must lie in (0, 1]"),
+    ]:
+        assert main([*argv, "--out", str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_best_json_from_before_searched_recipes_and_block_genomes_still_loads(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import time
@@ -55,6 +56,36 @@ def test_replicas_are_reproducible_and_learn_as_one_process_does(tiny_data):
         assert torch.equal(a, b)
     assert reports[-1].train_loss < reports[0].train_loss
     assert reports[-1].val_accuracy == pytest.approx(alone[-1].val_accuracy, abs=5.0)
+
+
+def taught(data, weight: float):
+    """`data` whose teacher insists every training image is the next digit up, and a config that heeds it."""
+    wrong = torch.nn.functional.one_hot((data.train.labels + 1) % 10, 10).float() * 10
+    taught_data = dataclasses.replace(data, train=dataclasses.replace(data.train, teacher_logits=wrong))
+    return taught_data, TrainConfig(**EXACT, distill_weight=weight, channels_last=False)
+
+
+def test_a_distilled_net_learns_the_teachers_answers_not_the_labels(tiny_data):
+    data, config = taught(tiny_data, weight=1.0)
+    torch.manual_seed(0)
+    model = with_normalisation(build_model(TINY_GENOME), tiny_data.mean, tiny_data.std)
+    train(model, data, dataclasses.replace(config, epochs=4, max_lr=0.3, processes=1))
+    with torch.inference_mode():
+        predicted = model.eval()(data.train.images.float() / 255).argmax(1)
+    assert (predicted == (data.train.labels + 1) % 10).float().mean() > 0.3  # 4 epochs: 45% here
+    assert (predicted == data.train.labels).float().mean() < 0.05
+    with pytest.raises(ValueError, match="no teacher_logits"):
+        train(plain_net(), tiny_data, config)
+
+
+def test_replicas_distil_from_the_teachers_scores_for_their_own_images(tiny_data):
+    """Each replica's share of a batch must meet the teacher's scores for those images, not others'."""
+    data, config = taught(tiny_data, weight=0.5)
+    alone, split = plain_net(), plain_net()
+    train(alone, data, config)
+    train(split, data, dataclasses.replace(config, processes=2))
+    for a, b in zip(alone.state_dict().values(), split.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 class Stop(Exception):

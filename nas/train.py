@@ -101,7 +101,7 @@ class Report:
     epoch: float  # epochs completed, fractional between epoch ends
     val_accuracy: float  # percent
     val_loss: float
-    train_loss: float  # mean over the steps since the previous report
+    train_loss: float  # the loss trained on (with a teacher, the distillation mix), mean since the previous report
     train_accuracy: float  # percent, on the augmented batches since the previous report
     lr: float
     seconds: float  # wall time since training began
@@ -304,7 +304,7 @@ def _train_replica(
     val_share = _share(0, len(data.val), rank, config.processes)
     val = Split(data.val.images[val_share], data.val.labels[val_share])
     augmenting = bool(config.augment_degrees or config.augment_shift)
-    teacher_logits = data.train.teacher_logits if config.distill_weight else None
+    teacher_logits = data.train.teacher_logits
     if config.distill_weight and teacher_logits is None:
         raise ValueError("distill_weight is set but the training split has no teacher_logits")
     reports: list[Report] = []
@@ -325,7 +325,7 @@ def _train_replica(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 logits = model(x.contiguous(memory_format=layout))
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                if teacher_logits is not None:
+                if config.distill_weight:
                     taught = distillation_loss(logits.float(), teacher_logits[order[mine]], config.distill_temperature)
                     loss = (1 - config.distill_weight) * loss + config.distill_weight * taught
             (loss / (last - first)).backward()  # this replica's part of the batch's mean loss

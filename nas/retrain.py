@@ -47,16 +47,21 @@ def export_frozen(model: nn.Module, path: Path) -> None:
     results.write_bytes(path, buffer.getvalue())
 
 
-def load_teacher(path: Path) -> nn.Module:
-    """A frozen model.pt2 from an earlier retrain, as a callable module, or one line on what is wrong."""
+def load_teacher(path: Path) -> tuple[nn.Module, dict]:
+    """A frozen model.pt2 from an earlier retrain, as a callable module, and the record of which it was.
+
+    The file is read once: the digest recorded is that of the bytes the teacher was loaded from.
+    """
     fix = "pass --teacher a model.pt2 written by nas.retrain"
     if not path.is_file():
         raise UserError(f"{path}: no such file; {fix}")
+    payload = path.read_bytes()
+    record = {"model": str(path), "sha256": hashlib.sha256(payload).hexdigest()}
     export_log = logging.getLogger("torch.export")  # it logs a screenful before raising on a bad file
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)
     try:
-        return torch.export.load(str(path)).module()
+        return torch.export.load(io.BytesIO(payload)).module(), record
     except Exception as error:  # anything that is not an exported program
         raise UserError(f"{path}: not a frozen model ({type(error).__name__}); {fix}") from None
     finally:
@@ -115,7 +120,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     params = param_count(genome)
     if params > max_params:
         raise UserError(f"the architecture has {params:,} parameters, over --max-params {max_params:,}")
-    teacher = load_teacher(options.teacher) if options.teacher else None
+    teacher, teacher_record = load_teacher(options.teacher) if options.teacher else (None, None)
     results.check_writable(options.out)
     data_dir = str(options.data_dir.resolve()) if options.data_dir else winner.data.dir
     data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed)
@@ -193,7 +198,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
             "trained_on": f"{options.train_on}: {TRAIN_ON[options.train_on]} ({len(data.train):,} images)",
         },
         "known_design": options.design,
-        "teacher": _teacher_record(options.teacher),
+        "teacher": teacher_record,  # path and sha256
         "input": {
             "shape": ["N", IN_CHANNELS, INPUT_SIZE, INPUT_SIZE],
             "dtype": "float32",
@@ -214,13 +219,6 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py, training.png to {out}")
     console.print(f"check the spec: pytest {out / 'test_model.py'}")
     return metrics
-
-
-def _teacher_record(path: Path | None) -> dict | None:
-    """Which frozen model taught this one: its path and, since a path can be overwritten, its digest."""
-    if path is None:
-        return None
-    return {"model": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _state_dict_bytes(model: nn.Module) -> bytes:

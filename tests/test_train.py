@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nas import train as train_module
+from nas.data import to_pixels
 from nas.model import build_model, with_normalisation
 from nas.train import DivergedError, ReplicaLost, TrainConfig, train
 from tests.helpers import TINY_GENOME
@@ -71,7 +72,7 @@ def test_a_distilled_net_learns_the_teachers_answers_not_the_labels(tiny_data):
     model = with_normalisation(build_model(TINY_GENOME), tiny_data.mean, tiny_data.std)
     train(model, data, dataclasses.replace(config, epochs=4, max_lr=0.3, processes=1))
     with torch.inference_mode():
-        predicted = model.eval()(data.train.images.float() / 255).argmax(1)
+        predicted = model.eval()(to_pixels(data.train.images)).argmax(1)
     assert (predicted == (data.train.labels + 1) % 10).float().mean() > 0.3  # 4 epochs: 45% here
     assert (predicted == data.train.labels).float().mean() < 0.05
     with pytest.raises(ValueError, match="no teacher_logits"):

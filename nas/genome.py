@@ -5,6 +5,10 @@ run of conv blocks (conv, BatchNorm, ReLU), each 3x3 or 1x1 and each padded ("sa
 its size) or not ("valid": a 3x3 conv trims a pixel from every side). So the best hand designs are
 genomes: a few padded or valid convs at 28 px, one pool, a 1x1 squeeze, then valid convs that
 shrink the map to 5-7 px before the head. Dropout follows every pool and precedes the head.
+
+A 3x3 block may be depthwise-separable (MobileNet's block: a 3x3 conv per input channel, then a
+1x1 conv to the block's width, each with BatchNorm and ReLU): for c channels in and out it has
+about 9c + c^2 weights instead of 9c^2, so under a tight budget it can be about twice as wide.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ class Block:
     width: int  # output channels
     kernel: int = 3  # 3, or 1 for a pointwise squeeze or expansion
     padded: bool = True  # "same" padding; False: "valid", the map shrinks by kernel - 1
+    separable: bool = False  # a 3x3 block only: depthwise 3x3, BatchNorm, ReLU, then this 1x1 conv, BatchNorm, ReLU
 
     def describe(self) -> str:
-        """`16` (3x3 padded), `16v` (3x3 valid), `16x1` (1x1)."""
-        return f"{self.width}x1" if self.kernel == 1 else f"{self.width}{'' if self.padded else 'v'}"
+        """`16` (3x3 padded), `16v` (3x3 valid), `16s` / `16vs` (the same, separable), `16x1` (1x1)."""
+        if self.kernel == 1:
+            return f"{self.width}x1"
+        return f"{self.width}{'' if self.padded else 'v'}{'s' if self.separable else ''}"
 
 
 Stage = tuple[Block, ...]  # conv blocks at one resolution
@@ -59,6 +66,8 @@ class Genome:
             raise ValueError("conv widths must be positive")
         if any(block.kernel not in KERNELS for block in blocks):
             raise ValueError(f"conv kernels must be {' or '.join(map(str, KERNELS))}")
+        if any(block.separable and block.kernel == 1 for block in blocks):
+            raise ValueError("only a 3x3 conv can be separable; a 1x1 conv is pointwise already")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must lie in [0, 1)")
         if self.head not in HEADS:
@@ -66,8 +75,11 @@ class Genome:
         map_sizes(self)  # raises if the map shrinks away
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON form (lists, not tuples); `from_dict` inverts it exactly."""
-        stages = [[{"width": b.width, "kernel": b.kernel, "padded": b.padded} for b in stage] for stage in self.stages]
+        """Plain JSON form (lists, not tuples); `from_dict` inverts it exactly.
+
+        A block says "separable" only when it is, so the records of plain convs read as before.
+        """
+        stages = [[_block_dict(b) for b in stage] for stage in self.stages]
         return {"stages": stages, "dropout": self.dropout, "head": self.head}
 
     @classmethod
@@ -100,13 +112,18 @@ class Genome:
         return f"{stages} {self.head} d{self.dropout:.2f}"
 
 
+def _block_dict(block: Block) -> dict[str, Any]:
+    plain = {"width": block.width, "kernel": block.kernel, "padded": block.padded}
+    return {**plain, "separable": True} if block.separable else plain
+
+
 def _list(value: Any, name: str) -> list:
     if not isinstance(value, list):
         raise UserError(f"genome.{name} must be a list")
     return value
 
 
-BLOCK_FIELDS = {"width", "kernel", "padded"}
+BLOCK_FIELDS = {"width", "kernel", "padded", "separable"}
 
 
 def _parse_stage(data: Any) -> Stage:
@@ -117,11 +134,12 @@ def _parse_stage(data: Any) -> Stage:
 
 def _parse_block(data: Any) -> Block:
     if not isinstance(data, dict) or "width" not in data or set(data) - BLOCK_FIELDS:
-        raise UserError("each genome block must be an object with width (and optionally kernel, padded)")
-    width, kernel, padded = data["width"], data.get("kernel", 3), data.get("padded", True)
-    if not _is_int(width) or not _is_int(kernel) or not isinstance(padded, bool):
-        raise UserError("genome block width and kernel must be integers, padded true or false")
-    return Block(width, kernel, padded)
+        raise UserError("each genome block must be an object with width (and optionally kernel, padded, separable)")
+    width, kernel = data["width"], data.get("kernel", 3)
+    padded, separable = data.get("padded", True), data.get("separable", False)
+    if not _is_int(width) or not _is_int(kernel) or not isinstance(padded, bool) or not isinstance(separable, bool):
+        raise UserError("genome block width and kernel must be integers, padded and separable true or false")
+    return Block(width, kernel, padded, separable)
 
 
 def _parse_legacy_stage(data: dict) -> Stage:
@@ -165,12 +183,18 @@ def _conv_bn_params(c_in: int, c_out: int, kernel: int) -> int:
     return c_in * c_out * kernel * kernel + 2 * c_out  # conv without bias; BatchNorm's scale and shift
 
 
+def _block_params(c_in: int, block: Block) -> int:
+    if block.separable:  # the depthwise conv: one kxk filter per input channel, and its BatchNorm
+        return c_in * block.kernel**2 + 2 * c_in + _conv_bn_params(c_in, block.width, 1)
+    return _conv_bn_params(c_in, block.width, block.kernel)
+
+
 def param_count(genome: Genome) -> int:
     """Exact number of trainable parameters of `build_model(genome)`, without building it."""
     total, channels = 0, IN_CHANNELS
     for stage in genome.stages:
         for block in stage:
-            total += _conv_bn_params(channels, block.width, block.kernel)
+            total += _block_params(channels, block)
             channels = block.width
     head_inputs = channels * (final_size(genome) ** 2 if genome.head == "fc" else 1)
     return total + head_inputs * NUM_CLASSES + NUM_CLASSES

@@ -44,6 +44,16 @@ def scaled(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
     return dataclasses.replace(genome, stages=stages)
 
 
+def separable(genome: Genome) -> Genome:
+    """Every 3x3 block but the network's first made depthwise-separable: MobileNet's form of a design."""
+    first = genome.stages[0][0]
+    stages = tuple(
+        tuple(dataclasses.replace(block, separable=block.kernel > 1 and block is not first) for block in stage)
+        for stage in genome.stages
+    )
+    return dataclasses.replace(genome, stages=stages)
+
+
 def scaled_to_budget(design: KnownDesign, space: SearchSpace) -> KnownDesign | None:
     """The design as a study of `space` runs it: at the widest multiplier, from WIDEST down in steps of
     0.05, that fits the space and budgets; renamed like "NAME x1.40" unless that leaves it as published;
@@ -60,9 +70,19 @@ def scaled_to_budget(design: KnownDesign, space: SearchSpace) -> KnownDesign | N
     return None
 
 
+def in_forms(design: KnownDesign, forms: tuple[str, ...]) -> list[KnownDesign]:
+    """The design in each of `forms` (nas.space.KNOWN_FORMS): as published, and "NAME separable"."""
+    published = [design] if "published" in forms else []
+    if "separable" not in forms:
+        return published
+    return [*published, dataclasses.replace(design, name=f"{design.name} separable", genome=separable(design.genome))]
+
+
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
-    """Each known design as a study of this space runs it (see `scaled_to_budget`), in the file's order."""
-    return [fitted for design in known_designs() if (fitted := scaled_to_budget(design, space)) is not None]
+    """Each known design in the space's known forms, as a study of this space runs it (see
+    `scaled_to_budget`), in the file's order."""
+    forms = [form for design in known_designs() for form in in_forms(design, space.architecture.known_forms)]
+    return [fitted for form in forms if (fitted := scaled_to_budget(form, space)) is not None]
 
 
 def by_name(name: str, space: SearchSpace | None = None) -> KnownDesign:

@@ -13,8 +13,12 @@ from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, Block, Genome, fina
 
 
 def conv_block(c_in: int, block: Block) -> list[nn.Module]:
-    """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU."""
+    """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU; separable: depthwise, then pointwise."""
     padding = block.kernel // 2 if block.padded else 0
+    if block.separable:
+        depthwise = nn.Conv2d(c_in, c_in, block.kernel, padding=padding, groups=c_in, bias=False)
+        pointwise = nn.Conv2d(c_in, block.width, 1, bias=False)
+        return [depthwise, nn.BatchNorm2d(c_in), nn.ReLU(), pointwise, nn.BatchNorm2d(block.width), nn.ReLU()]
     conv = nn.Conv2d(c_in, block.width, block.kernel, padding=padding, bias=False)
     return [conv, nn.BatchNorm2d(block.width), nn.ReLU()]
 

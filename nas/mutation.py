@@ -3,7 +3,7 @@
 A 15-minute search on two cores trains a dozen candidates or so. Drawn blind from a space this
 large, most of them are far from the known designs that open the study and lose to them at the
 first report; a mutation of the best ones (one block wider or narrower, one more or fewer, its
-padding or kernel, the head, or a nudge to the recipe) starts where the search already is
+padding, kernel or conv, the head, or a nudge to the recipe) starts where the search already is
 (regularised evolution's step, Real et al. 2019). Pure functions of a seeded random generator.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from nas.genome import Block, Genome, param_count
 from nas.model import count_macs
-from nas.space import PADDINGS, SearchSpace
+from nas.space import CONVS, PADDINGS, SearchSpace
 from nas.train import Recipe
 
 ATTEMPTS = 50  # draws before giving up on a parent whose every neighbour is over a budget
@@ -59,11 +59,20 @@ def _kernel(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Gen
     s, b, block = _pick_block(genome, rng)
     if len(space.architecture.kernels) < 2:
         return None
-    if block.kernel == 1:  # a new 3x3 draws its padding, as sampling would
-        new = Block(block.width, 3, PADDINGS[rng.choice(space.architecture.padding)])
+    if block.kernel == 1:  # a new 3x3 draws its padding and conv, as sampling would
+        arch = space.architecture
+        new = Block(block.width, 3, PADDINGS[rng.choice(arch.padding)], CONVS[rng.choice(arch.convs)])
     else:
         new = Block(block.width, 1, padded=True)  # a 1x1 conv is drawn padded
     return _replace_block(genome, s, b, (new,)), f"kernel s{s + 1} b{b + 1} {block.describe()}->{new.describe()}"
+
+
+def _conv(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
+    s, b, block = _pick_block(genome, rng)
+    if block.kernel == 1 or len(space.architecture.convs) < 2:
+        return None
+    new = dataclasses.replace(block, separable=not block.separable)
+    return _replace_block(genome, s, b, (new,)), f"conv s{s + 1} b{b + 1} {block.describe()}->{new.describe()}"
 
 
 def _insert(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
@@ -94,7 +103,7 @@ def _pick_block(genome: Genome, rng: random.Random) -> tuple[int, int, Block]:
 
 
 ARCHITECTURE_MUTATIONS: tuple[Callable[[Genome, SearchSpace, random.Random], tuple[Genome, str] | None], ...] = (
-    _width, _width, _padding, _kernel, _insert, _remove, _head,
+    _width, _width, _padding, _kernel, _conv, _insert, _remove, _head,
 )  # fmt: skip  # widths twice: the commonest fine-tuning of a hand design
 
 

@@ -20,7 +20,7 @@ from nas import trials
 from nas.data import Dataset
 from nas.genome import Block, Genome, param_count
 from nas.model import build_model, count_macs, with_normalisation
-from nas.space import PADDING_NAMES, PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
+from nas.space import CONV_NAMES, CONVS, PADDING_NAMES, PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
 from nas.train import DivergedError, Recipe, Report, TrainConfig, train
 
 
@@ -35,9 +35,12 @@ def sample_genome(trial: optuna.Trial, arch: ArchitectureSpace) -> Genome:
         for b in range(trial.suggest_int(f"s{s}_blocks", *arch.blocks_per_stage)):
             width = trial.suggest_categorical(f"s{s}_b{b}_width", arch.widths)
             kernel = trial.suggest_categorical(f"s{s}_b{b}_kernel", arch.kernels)
-            # A 1x1 conv is the same padded or not, so it draws no padding.
-            padding = trial.suggest_categorical(f"s{s}_b{b}_padding", arch.padding) if kernel > 1 else "same"
-            blocks.append(Block(width, kernel, PADDINGS[padding]))
+            # A 1x1 conv is the same padded or not, and pointwise already, so it draws neither.
+            padding, conv = "same", "full"
+            if kernel > 1:
+                padding = trial.suggest_categorical(f"s{s}_b{b}_padding", arch.padding)
+                conv = trial.suggest_categorical(f"s{s}_b{b}_conv", arch.convs)
+            blocks.append(Block(width, kernel, PADDINGS[padding], CONVS[conv]))
         stages.append(tuple(blocks))
     return Genome(
         stages=tuple(stages),
@@ -56,6 +59,7 @@ def genome_params(genome: Genome) -> dict[str, Any]:
             params[f"s{s}_b{b}_kernel"] = block.kernel
             if block.kernel > 1:
                 params[f"s{s}_b{b}_padding"] = PADDING_NAMES[block.padded]
+                params[f"s{s}_b{b}_conv"] = CONV_NAMES[block.separable]
     return params
 
 

@@ -20,10 +20,11 @@ from nas.model import build_model, macs_by_layer
 
 
 def describe_layer(module: torch.nn.Module) -> str:
-    """A short layer description: `Conv2d 8->16 3x3`, `Dropout 0.05`, `Linear 160->10`."""
+    """A short layer description: `Conv2d 8->16 3x3`, `Conv2d 8->8 3x3 depthwise`, `Dropout 0.05`, `Linear 160->10`."""
     name = type(module).__name__
     if isinstance(module, torch.nn.Conv2d):
-        return f"{name} {module.in_channels}->{module.out_channels} {module.kernel_size[0]}x{module.kernel_size[1]}"
+        kernel = "x".join(map(str, module.kernel_size)) + (" depthwise" if module.groups > 1 else "")
+        return f"{name} {module.in_channels}->{module.out_channels} {kernel}"
     if isinstance(module, torch.nn.Linear):
         return f"{name} {module.in_features}->{module.out_features}"
     if isinstance(module, torch.nn.Dropout):

@@ -27,6 +27,11 @@ DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
 MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
 PADDINGS = {"same": True, "valid": False}  # a block's padding choice: Block.padded
 PADDING_NAMES = {padded: name for name, padded in PADDINGS.items()}
+CONVS = {"full": False, "separable": True}  # a 3x3 block's conv choice: Block.separable
+CONV_NAMES = {separable: name for name, separable in CONVS.items()}
+# How a new study enqueues the known designs, each then scaled to fit: as published, and/or with
+# every 3x3 conv but the first made separable (MobileNet's rule: the first conv sees one channel).
+KNOWN_FORMS = ("published", "separable")
 
 Range = tuple[float, float]  # [min, max], both inclusive
 IntRange = tuple[int, int]
@@ -41,6 +46,9 @@ class ArchitectureSpace:
     padding: tuple[str, ...]  # choices per 3x3 block among PADDINGS
     dropout: Range  # one rate for the whole network, sampled uniformly
     heads: tuple[str, ...]  # choices among nas.genome.HEADS
+    # Optional, so older spaces read as before: full 3x3 convs only, known designs as published.
+    convs: tuple[str, ...] = ("full",)  # choices per 3x3 block among CONVS
+    known_forms: tuple[str, ...] = ("published",)  # among KNOWN_FORMS
 
     def can_draw(self, genome: Genome) -> bool:
         """Whether sampling can produce this architecture (its dropout aside: a rate is clipped into range)."""
@@ -50,6 +58,7 @@ class ArchitectureSpace:
             and all(self.blocks_per_stage[0] <= len(stage) <= self.blocks_per_stage[1] for stage in genome.stages)
             and all(block.width in self.widths and block.kernel in self.kernels for block in blocks)
             and all(PADDING_NAMES[block.padded] in self.padding for block in blocks if block.kernel > 1)
+            and all(CONV_NAMES[block.separable] in self.convs for block in blocks if block.kernel > 1)
             and genome.head in self.heads
         )
 
@@ -91,8 +100,9 @@ class SearchSpace:
         arch = self.architecture
         width, blocks = min(arch.widths), arch.blocks_per_stage[0]
         candidates = []
-        for n, head, kernel, padding in itertools.product(arch.stages, arch.heads, arch.kernels, arch.padding):
-            block = Block(width, kernel, PADDINGS[padding])
+        choices = itertools.product(arch.stages, arch.heads, arch.kernels, arch.padding, arch.convs)
+        for n, head, kernel, padding, conv in choices:
+            block = Block(width, kernel, PADDINGS[padding], separable=kernel > 1 and CONVS[conv])
             try:
                 candidates.append(Genome(stages=((block,) * blocks,) * n, dropout=arch.dropout[0], head=head))
             except ValueError:
@@ -195,6 +205,12 @@ def _check_values(space: SearchSpace, where: str) -> None:
         (all(w > 0 for w in arch.widths), "architecture.widths must be positive"),
         (set(arch.kernels) <= set(KERNELS), f"architecture.kernels must be among {', '.join(map(str, KERNELS))}"),
         (set(arch.padding) <= set(PADDINGS), f"architecture.padding must be among {', '.join(PADDINGS)}"),
+        (set(arch.convs) <= set(CONVS), f"architecture.convs must be among {', '.join(CONVS)}"),
+        (set(arch.known_forms) <= set(KNOWN_FORMS), f"architecture.known_forms must be among {', '.join(KNOWN_FORMS)}"),
+        (
+            "separable" not in arch.known_forms or "separable" in arch.convs,
+            'architecture.known_forms has "separable", so convs must offer "separable" too',
+        ),
         (0 <= arch.dropout[0] and arch.dropout[1] < 1, "architecture.dropout must lie in [0, 1)"),
         (set(arch.heads) <= set(HEADS), f"architecture.heads must be among {', '.join(HEADS)}"),
         (training.max_lr[0] > 0, "training.max_lr must be positive (it is sampled log-uniformly)"),

@@ -17,12 +17,20 @@ def test_param_count_equals_built_model_over_random_genomes(space_file):
         assert param_count(genome) == sum(p.numel() for p in model.parameters()), genome.describe()
 
 
-@pytest.mark.parametrize("genome", random_genomes("mnist_20k.toml", 30, seed=1), ids=lambda g: g.describe())
+@pytest.mark.parametrize(
+    "genome",
+    random_genomes("mnist_20k.toml", 30, seed=1) + random_genomes("mnist_5k.toml", 30, seed=1),  # 5k: separable too
+    ids=lambda g: g.describe(),
+)
 def test_genome_json_round_trip(genome):
     assert Genome.from_dict(json.loads(json.dumps(genome.to_dict()))) == genome
 
 
-@pytest.mark.parametrize("genome", random_genomes("mnist_20k.toml", 6, seed=2), ids=lambda g: g.describe())
+@pytest.mark.parametrize(
+    "genome",
+    random_genomes("mnist_20k.toml", 6, seed=2) + random_genomes("mnist_5k.toml", 6, seed=2),
+    ids=lambda g: g.describe(),
+)
 def test_model_output_shape_and_every_parameter_learns(genome):
     model = build_model(genome)
     logits = model(torch.randn(4, 1, 28, 28))
@@ -42,6 +50,17 @@ def test_hand_checked_counts_with_valid_convs_and_an_fc_head():
     assert map_sizes(genome) == [28, 26, 13, 11]
     fc = Genome(stages=genome.stages, dropout=0.1, head="fc")
     assert param_count(fc) == 88 + 1184 + 144 + 1184 + 16 * 11 * 11 * 10 + 10
+
+
+def test_hand_checked_counts_of_a_separable_block():
+    # conv 1->8 (72+16); separable valid 8->16: depthwise 8x3x3 (72) and its BatchNorm (16), pointwise 8->16 (128+32).
+    genome = Genome(stages=((Block(8), Block(16, padded=False, separable=True)),), dropout=0.1, head="gap")
+    assert param_count(genome) == 88 + 88 + 160 + 170
+    assert map_sizes(genome) == [28, 26]
+    assert genome.describe() == "8-16vs gap d0.10"
+    assert "separable" not in genome.to_dict()["stages"][0][0]  # plain blocks' records read as before
+    depthwise = build_model(genome)[3]
+    assert depthwise.groups == 8 and depthwise.weight.shape == (8, 1, 3, 3)
 
 
 def test_known_designs_count_as_published_up_to_the_explained_difference():
@@ -92,7 +111,9 @@ def test_macs_grow_with_width():
         ({"stages": [{"widths": [-8]}], "dropout": 0.1, "head": "gap"}, "positive"),
         ({"stages": [{"widths": [8.5]}], "dropout": 0.1, "head": "gap"}, "integers"),
         ({"stages": [[{"width": 8, "kernel": 5}]], "dropout": 0.1, "head": "gap"}, "kernels must be"),
-        ({"stages": [[{"width": 8, "padded": "no"}]], "dropout": 0.1, "head": "gap"}, "padded true or false"),
+        ({"stages": [[{"width": 8, "padded": "no"}]], "dropout": 0.1, "head": "gap"}, "padded and separable true"),
+        ({"stages": [[{"width": 8, "separable": 1}]], "dropout": 0.1, "head": "gap"}, "padded and separable true"),
+        ({"stages": [[{"width": 8, "kernel": 1, "separable": True}]], "dropout": 0.1, "head": "gap"}, "only a 3x3"),
         ({"stages": [[{"width": 8, "padded": False}] * 14], "dropout": 0.1, "head": "gap"}, "shrink"),
         ({"stages": [{"widths": [8]}], "dropout": 1.5, "head": "gap"}, "dropout"),
         ({"stages": [{"widths": [8]}] * 6, "dropout": 0.1, "head": "gap"}, "pool"),

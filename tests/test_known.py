@@ -1,5 +1,6 @@
 """Known designs as data: each one is a draw of the spaces that can hold it, and a new study starts with them."""
 
+import dataclasses
 import threading
 
 import optuna
@@ -43,11 +44,24 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
         "woncoh1-s6 x0.95", "era-s6-ram x0.95", "snehanshu-raj-model-3", "shwethaamrutha-s6 x1.20", "seed-004",
         "seed-001 x0.70", "woolly-3762 x1.45",
     ]  # fmt: skip
+    # The 5k space opens with the designs made separable, which widens them instead.
     at_5k = designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml"))
-    assert [d.name.split(" x")[1] for d in at_5k] == ["0.70", "0.70", "0.80", "0.90", "0.80", "0.55", "1.20"]
-    # Every width from 4 to 16 is a choice there, so narrowing loses little of the budget.
-    assert (at_5k[0].name, at_5k[0].genome.describe()) == ("woncoh1-s6 x0.70", "5v-11v-11v | 5x1-11v-11v-11v gap d0.00")
-    assert param_count(at_5k[0].genome) == 4_607
+    assert [d.name.split(" x")[1] for d in at_5k] == ["1.65", "1.80", "1.70", "2.00", "2.00", "1.10", "2.00"]
+    assert (at_5k[0].name, at_5k[0].genome.describe()) == (
+        "woncoh1-s6 separable x1.65", "13v-26vs-26vs | 13x1-26vs-26vs-26vs gap d0.00"
+    )  # fmt: skip
+    assert param_count(at_5k[0].genome) == 4_885
+
+
+def test_a_space_can_open_with_the_designs_both_as_published_and_separable():
+    text = (SPACES_DIR / "mnist_5k.toml").read_text()
+    both = parse_space(text.replace('known_forms = ["separable"]', 'known_forms = ["published", "separable"]'), "both")
+    names = [d.name for d in designs_to_beat(both)]
+    assert names[:2] == ["woncoh1-s6 x0.70", "woncoh1-s6 separable x1.65"] and len(names) == 14
+    # Every width from 4 to 32 is a choice there, so narrowing loses little of the budget.
+    assert by_name("woncoh1-s6 x0.70", both).genome.describe() == "5v-11v-11v | 5x1-11v-11v-11v gap d0.00"
+    with pytest.raises(UserError, match='convs must offer "separable"'):
+        parse_space(text.replace('convs = ["full", "separable"]', 'convs = ["full"]'), "none")
 
 
 def test_a_worker_that_loses_the_race_to_create_waits_for_the_creators_record(tmp_path):
@@ -118,3 +132,9 @@ def test_recipe_ranges_and_choices_are_sampled_and_equal_ends_fix_a_value():
     training = parse_space(TINY_SPACE.replace("batch_size = 64", "batch_size = [32, 128]"), "tiny.toml").training
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert {sample_recipe(study.ask(), training).batch_size for _ in range(20)} == {32, 128}
+
+
+@pytest.mark.parametrize("design", designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml")), ids=lambda d: d.name)
+def test_a_separable_design_enqueued_as_parameters_is_drawn_as_exactly_that_genome(design):
+    arch = dataclasses.replace(load_space(SPACES_DIR / "mnist_5k.toml").architecture, dropout=(0.0, 0.5))
+    assert sample_genome(optuna.trial.FixedTrial(genome_params(design.genome)), arch) == design.genome

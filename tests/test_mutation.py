@@ -1,6 +1,7 @@
 import random
 
 import optuna
+import pytest
 
 from nas.genome import param_count
 from nas.known import known_designs
@@ -29,9 +30,16 @@ def accuracy_by_size(model) -> float:
     return 90 + sum(p.numel() for p in model.parameters()) / 10_000
 
 
-def test_every_mutant_is_in_the_space_within_budget_and_is_what_its_params_draw():
-    space = load_space(SPACES_DIR / "mnist_8k.toml")
-    parents = [g for g in random_genomes("mnist_8k.toml", 80, seed=3) if fits(g, space)]  # as trials that ran
+@pytest.mark.parametrize(
+    "space_file, kinds",
+    [
+        ("mnist_8k.toml", {"width", "padding", "kernel", "insert", "remove", "head", "recipe"}),
+        ("mnist_5k.toml", {"width", "padding", "kernel", "conv", "insert", "remove", "head", "recipe"}),
+    ],
+)
+def test_every_mutant_is_in_the_space_within_budget_and_is_what_its_params_draw(space_file, kinds):
+    space = load_space(SPACES_DIR / space_file)
+    parents = [g for g in random_genomes(space_file, 200, seed=3) if fits(g, space)][:50]  # as trials that ran
     assert len(parents) >= 20
     rng, changes = random.Random(0), set()
     for parent in parents:
@@ -46,7 +54,7 @@ def test_every_mutant_is_in_the_space_within_budget_and_is_what_its_params_draw(
         drawn = optuna.trial.FixedTrial({**genome_params(mutant.genome), **recipe_params(mutant.recipe)})
         assert sample_genome(drawn, space.architecture) == mutant.genome
         assert sample_recipe(drawn, space.training) == mutant.recipe
-    assert changes == {"width", "padding", "kernel", "insert", "remove", "head", "recipe"}
+    assert changes == kinds
 
 
 def test_a_recipe_nudge_stays_in_the_space_and_is_what_its_params_draw():

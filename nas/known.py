@@ -46,10 +46,11 @@ def scaled(genome: Genome, factor: float, widths: tuple[int, ...]) -> Genome:
 
 def separable(genome: Genome) -> Genome:
     """Every 3x3 block but the network's first made depthwise-separable: MobileNet's form of a design."""
-    first = genome.stages[0][0]
     stages = tuple(
-        tuple(dataclasses.replace(block, separable=block.kernel > 1 and block is not first) for block in stage)
-        for stage in genome.stages
+        tuple(
+            dataclasses.replace(block, separable=block.kernel > 1 and (s, b) != (0, 0)) for b, block in enumerate(stage)
+        )
+        for s, stage in enumerate(genome.stages)
     )
     return dataclasses.replace(genome, stages=stages)
 

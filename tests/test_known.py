@@ -8,8 +8,8 @@ import pytest
 
 from nas import study as study_module
 from nas.errors import UserError
-from nas.genome import param_count
-from nas.known import by_name, designs_to_beat, known_designs, scaled, scaled_to_budget
+from nas.genome import Block, Genome, param_count
+from nas.known import by_name, designs_to_beat, known_designs, scaled, scaled_to_budget, separable
 from nas.mutation import fits
 from nas.objective import genome_params, sample_genome, sample_recipe
 from nas.space import SPACES_DIR, load_space, parse_space
@@ -138,3 +138,9 @@ def test_recipe_ranges_and_choices_are_sampled_and_equal_ends_fix_a_value():
 def test_a_separable_design_enqueued_as_parameters_is_drawn_as_exactly_that_genome(design):
     arch = dataclasses.replace(load_space(SPACES_DIR / "mnist_5k.toml").architecture, dropout=(0.0, 0.5))
     assert sample_genome(optuna.trial.FixedTrial(genome_params(design.genome)), arch) == design.genome
+
+
+def test_the_separable_form_keeps_only_the_first_conv_full_even_where_blocks_repeat():
+    repeated = Block(8)
+    genome = Genome(stages=((repeated, repeated, Block(8, kernel=1)), (repeated,)), dropout=0.0, head="gap")
+    assert separable(genome).describe() == "8-8s-8x1 | 8s gap d0.00"

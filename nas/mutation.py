@@ -47,12 +47,17 @@ def _width(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Geno
     return _replace_block(genome, s, b, (new,)), f"width s{s + 1} b{b + 1} {block.width}->{new.width}"
 
 
-def _padding(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
+def _flip(genome: Genome, rng: random.Random, kind: str, field: str, choices: tuple) -> tuple[Genome, str] | None:
+    """One 3x3 block's two-way choice (`field` of Block: padded, separable) the other way, if the space has both."""
     s, b, block = _pick_block(genome, rng)
-    if block.kernel == 1 or len(space.architecture.padding) < 2:
+    if block.kernel == 1 or len(choices) < 2:
         return None
-    new = dataclasses.replace(block, padded=not block.padded)
-    return _replace_block(genome, s, b, (new,)), f"padding s{s + 1} b{b + 1} {block.describe()}->{new.describe()}"
+    new = dataclasses.replace(block, **{field: not getattr(block, field)})
+    return _replace_block(genome, s, b, (new,)), f"{kind} s{s + 1} b{b + 1} {block.describe()}->{new.describe()}"
+
+
+def _padding(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
+    return _flip(genome, rng, "padding", "padded", space.architecture.padding)
 
 
 def _kernel(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
@@ -68,11 +73,7 @@ def _kernel(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Gen
 
 
 def _conv(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:
-    s, b, block = _pick_block(genome, rng)
-    if block.kernel == 1 or len(space.architecture.convs) < 2:
-        return None
-    new = dataclasses.replace(block, separable=not block.separable)
-    return _replace_block(genome, s, b, (new,)), f"conv s{s + 1} b{b + 1} {block.describe()}->{new.describe()}"
+    return _flip(genome, rng, "conv", "separable", space.architecture.convs)
 
 
 def _insert(genome: Genome, space: SearchSpace, rng: random.Random) -> tuple[Genome, str] | None:

@@ -2,16 +2,21 @@
 
 These networks' small convolutions run at very different speeds across CPUs. bf16 autocast is
 faster than fp32 where the CPU computes in bf16 natively (AVX-512-BF16, AMX), and 4-6x slower
-where it does not (AVX2-only). Channels-last helps or hurts depending on the kernels, and two
-one-thread replicas beat one two-thread process on some machines only. So the first training on
-a machine times a few steps of each setting (about half a minute) and caches the figures per CPU,
-core count and torch version, outside the repository; later runs read the cache.
+where it does not (AVX2-only). Two one-thread replicas beat one two-thread process on some
+machines only. So the first training on a machine times a few steps of each setting (about half
+a minute) and caches the figures per CPU, core count and torch version, outside the repository;
+later runs read the cache.
+
+Channels-last helps or hurts depending on the network as much as the CPU (on one AVX2 EPYC it
+trained the reference network 19% faster and the shipped 5k net 12% slower), so each network's
+layout is timed on its own, in a second or two, and cached beside the profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import hashlib
 import itertools
@@ -24,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from nas.data import Dataset, Split
 from nas.genome import Block, Genome
@@ -34,6 +41,7 @@ PRECISIONS = ("fp32", "bf16")
 PROCESS_CHOICES = (1, 2)
 SECONDS_PER_SETTING = 1.5  # timed steps of each setting, after the warm-up steps
 WARMUP_STEPS = 5  # the first steps build oneDNN's kernels
+LAYOUT_ROUNDS = 12  # timed steps of each layout per network, taken in turn so the VM's drift hits both alike
 
 
 @dataclass(frozen=True)
@@ -127,11 +135,14 @@ class Profile:
         return cls(Cpu(**data["cpu"]), data["torch"], rates)
 
 
-def cache_path(cpu: Cpu) -> Path:
-    """Per CPU model, SIMD level, core count and torch version: a change of any of them re-measures."""
+def cache_path(cpu: Cpu, kind: str = "machine") -> Path:
+    """Per CPU model, SIMD level, core count and torch version: a change of any of them re-measures.
+
+    `kind` names the file: "machine" for the profile, "layouts" for the networks' layouts.
+    """
     root = os.environ.get("NAS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nas"
     key = hashlib.sha256(json.dumps([asdict(cpu), torch.__version__]).encode()).hexdigest()[:16]
-    return Path(root) / f"machine-{key}.json"
+    return Path(root) / f"{kind}-{key}.json"
 
 
 def profile(announce=print) -> Profile:
@@ -151,7 +162,7 @@ def profile(announce=print) -> Profile:
                 return cached
             announce(timing + ", once per machine")
             measured = measure(cpu)
-            _write(path, measured)
+            _write(path, measured.to_dict())
     except OSError as error:  # a read-only home, say: measure each time rather than fail
         announce(f"cannot cache the timings in {path.parent} ({error.strerror}); set NAS_CACHE_DIR to keep them")
         if measured is None:  # the cache could not even be opened
@@ -165,7 +176,7 @@ def save(measured: Profile) -> Path:
     """Replace this machine's cached profile with a new measurement (nas.bench re-measures)."""
     path = cache_path(measured.cpu)
     with _locked(path):
-        _write(path, measured)
+        _write(path, measured.to_dict())
     return path
 
 
@@ -177,9 +188,9 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _write(path: Path, measured: Profile) -> None:
+def _write(path: Path, record: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(measured.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -232,6 +243,66 @@ def synthetic_dataset(n: int, seed: int = 0) -> Dataset:
 
 class _Enough(Exception):
     """Raised from the step callback once a setting has been timed long enough."""
+
+
+def channels_last_is_faster(model: nn.Module, images: torch.Tensor, precision: str) -> bool:
+    """Whether `model` trains faster in channels-last than in the default layout on this CPU.
+
+    Timed with one replica's batch of pixels (`images`) and its threads, on copies of the model,
+    once per network, batch shape, precision and thread count: the answer is cached, so a rerun
+    trains in the same layout (the two round differently).
+    """
+    key = f"{model!r} {list(images.shape)} {precision} {torch.get_num_threads()} threads"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_path(this_cpu(), "layouts")
+    cached = _read_layouts(path).get(key)
+    if isinstance(cached, bool):
+        return cached
+    seconds = _layout_step_seconds(model, images, precision)
+    faster = seconds[True] < seconds[False]
+    with contextlib.suppress(OSError), _locked(path):  # unwritable: measured again next time
+        layouts = _read_layouts(path)
+        faster = layouts.setdefault(key, faster)  # a concurrent run's answer, if it came first
+        _write(path, layouts)
+    return faster
+
+
+def _read_layouts(path: Path) -> dict:
+    """The cached layouts by network key; empty when there are none or the file cannot be read."""
+    try:
+        layouts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return layouts if isinstance(layouts, dict) else {}
+
+
+def _layout_step_seconds(model: nn.Module, images: torch.Tensor, precision: str) -> dict[bool, float]:
+    """Seconds of LAYOUT_ROUNDS training steps of `model` on `images`, by channels_last, one step of each in turn."""
+    labels = torch.arange(len(images)) % 10
+    runs = {}
+    for channels_last in (True, False):
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        copied = copy.deepcopy(model).to(memory_format=layout).train()
+        optimizer = torch.optim.SGD(copied.parameters(), lr=1e-3, momentum=0.9)
+        runs[channels_last] = copied, optimizer, images.contiguous(memory_format=layout)
+
+    def step(channels_last: bool) -> float:
+        copied, optimizer, x = runs[channels_last]
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            F.cross_entropy(copied(x).float(), labels).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    seconds = {True: 0.0, False: 0.0}
+    with torch.random.fork_rng(devices=[]):  # dropout's draws leave the caller's generator alone
+        for index in range(WARMUP_STEPS + LAYOUT_ROUNDS):
+            for channels_last in seconds:
+                spent = step(channels_last)
+                if index >= WARMUP_STEPS:
+                    seconds[channels_last] += spent
+    return seconds
 
 
 def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float:

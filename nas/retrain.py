@@ -128,21 +128,22 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         data = with_validation_in_training(data)
     if teacher is not None:
         data = replace(data, train=replace(data.train, teacher_logits=teacher_logits(teacher, data.train)))
+    torch.manual_seed(options.seed)
+    model = with_normalisation(build_model(genome), data.mean, data.std)
     config = winner.recipe.config(
         epochs=options.epochs,
         seed=options.seed,
         precision=options.precision,
         processes=options.processes,
         distill_weight=options.distill_weight if options.teacher else 0.0,
-    ).resolved()
-    torch.manual_seed(options.seed)
-    model = with_normalisation(build_model(genome), data.mean, data.std)
+    ).resolved(model, data.train)
     log = [
         f"retrain {options.best}"
         + (f" as known design {options.design}" if options.design else "")
         + (f", distilled from {options.teacher}" if options.teacher else "")
         + f": {genome.describe()}, {params:,} params, {options.epochs} epochs on {len(data.train):,} images, "
-        f"seed {options.seed}, {config.precision}, {config.processes} training process(es)"
+        f"seed {options.seed}, {config.precision}{' channels-last' if config.channels_last else ''}, "
+        f"{config.processes} training process(es)"
     ]
     console.print(log[0])
 

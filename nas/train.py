@@ -4,8 +4,9 @@ With `processes` > 1 training is data-parallel: each replica process trains on i
 every batch with cores / processes torch threads, and the replicas sum their gradients with
 gloo's all-reduce over loopback. These networks' small convolutions and BatchNorms split badly
 across threads, so on some CPUs two single-threaded replicas train faster than one process with
-two threads. Whether they do, and whether bf16 autocast or channels-last pays, is measured per
-machine (nas.machine); a config leaves each choice to that measurement unless it forces it.
+two threads. Whether they do and whether bf16 autocast pays is measured per machine, whether
+channels-last pays per network too (nas.machine); a config leaves each choice to that measurement
+unless it forces it.
 """
 
 from __future__ import annotations
@@ -84,12 +85,24 @@ class TrainConfig:
         if self.precision not in ("auto", *machine.PRECISIONS):
             raise ValueError(f"precision must be auto, {' or '.join(machine.PRECISIONS)}, got {self.precision!r}")
 
-    def resolved(self) -> TrainConfig:
-        """This config with precision, layout and replica count settled: as forced, else as measured here."""
+    def resolved(self, model: nn.Module, data: Split) -> TrainConfig:
+        """This config with precision, replica count and layout settled: as forced, else as measured here.
+
+        Precision and replicas come from this machine's profile; the layout from timing `model` on
+        one replica's share of a batch of `data`'s images, with one replica's threads.
+        """
         if self.precision != "auto" and self.channels_last is not None and self.processes is not None:
             return self
         best = machine.profile().best(self.precision, self.processes)
-        layout = best.channels_last if self.channels_last is None else self.channels_last
+        layout = self.channels_last
+        if layout is None:
+            share = to_pixels(data.images[: math.ceil(self.batch_size / best.processes)])
+            previous = torch.get_num_threads()
+            torch.set_num_threads(max(1, previous // best.processes))
+            try:
+                layout = machine.channels_last_is_faster(model, share, best.precision)
+            finally:
+                torch.set_num_threads(previous)
         return dataclasses.replace(self, precision=best.precision, channels_last=layout, processes=best.processes)
 
 
@@ -146,7 +159,7 @@ def train(
     replica, this process included, runs torch.get_num_threads() // processes threads. A
     replica that dies raises ReplicaLost here within moments (REPLICA_TIMEOUT_SECONDS if it hangs).
     """
-    config = config.resolved()
+    config = config.resolved(model, data.train)
     # The caller gets its model back in the default layout and its random state untouched.
     with torch.random.fork_rng(devices=[]):
         try:

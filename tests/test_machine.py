@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nas import machine
+from nas.genome import Block, Genome
 from nas.machine import Setting
 from nas.model import build_model, with_normalisation
 from nas.train import TrainConfig, train
@@ -39,13 +40,57 @@ def test_one_core_machines_train_in_one_process():
     assert fake_profile(fp32=2000, bf16=400, one_process=2000, two_processes=None).best().processes == 1
 
 
-def test_a_config_resolves_from_the_cached_profile_and_keeps_what_it_forces():
-    # conftest cached fp32, channels_last, one process for the whole session.
-    assert TrainConfig(epochs=1).resolved() == TrainConfig(epochs=1, precision="fp32", channels_last=True, processes=1)
+def test_a_config_resolves_from_the_cached_profile_and_the_network_and_keeps_what_it_forces(tiny_data, monkeypatch):
+    model = build_model(TINY_GENOME)
+    timed = []
+
+    def channels_last_is_faster(network, images, precision):
+        timed.append((network, images.shape, precision))
+        return False
+
+    monkeypatch.setattr(machine, "channels_last_is_faster", channels_last_is_faster)
+    # conftest cached fp32, channels_last, one process for the whole session; the layout is the network's.
+    resolved = TrainConfig(epochs=1, batch_size=32).resolved(model, tiny_data.train)
+    assert resolved == TrainConfig(epochs=1, batch_size=32, precision="fp32", channels_last=False, processes=1)
+    assert timed == [(model, (32, 1, 28, 28), "fp32")]
+    TrainConfig(epochs=1, batch_size=32, processes=2).resolved(model, tiny_data.train)
+    assert timed[-1][1] == (16, 1, 28, 28)  # one replica's share of a batch
     forced = TrainConfig(epochs=1, precision="bf16", channels_last=False, processes=2)
-    assert forced.resolved() == forced
+    assert forced.resolved(model, tiny_data.train) == forced
+    assert len(timed) == 2
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(epochs=1, precision="fp16")
+
+
+def test_a_network_s_layout_is_the_faster_one_timed_once_and_cached_per_batch_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
+    model, images = build_model(TINY_GENOME), torch.rand(16, 1, 28, 28)
+    timed, seconds = [], {True: 2.0, False: 1.0}  # contiguous faster
+    monkeypatch.setattr(machine, "_layout_step_seconds", lambda *args: timed.append(args[1].shape) or seconds)
+    assert machine.channels_last_is_faster(model, images, "fp32") is False
+    seconds = {True: 1.0, False: 2.0}  # channels-last faster from now on
+    assert machine.channels_last_is_faster(model, images, "fp32") is False  # from the cache
+    assert len(timed) == 1
+    assert machine.channels_last_is_faster(model, images[:8], "fp32") is True  # another batch shape
+    other = build_model(Genome(stages=((Block(4),),), dropout=0.05, head="gap"))
+    assert machine.channels_last_is_faster(other, images, "fp32") is True  # another network
+    assert len(timed) == 3
+    machine.cache_path(machine.this_cpu(), "layouts").write_text("[torn")
+    assert machine.channels_last_is_faster(model, images, "fp32") is True  # timed again
+    assert len(timed) == 4
+
+
+def test_timing_the_layouts_leaves_the_network_and_the_random_state_alone():
+    model, images = build_model(TINY_GENOME), torch.rand(8, 1, 28, 28)
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    seconds = machine._layout_step_seconds(model, images, "fp32")
+    assert torch.equal(torch.rand(1), expected)
+    assert seconds[True] > 0 and seconds[False] > 0
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]) and value.is_contiguous()
 
 
 def test_the_cache_is_read_not_remeasured_and_a_corrupt_one_is_remeasured(tmp_path, monkeypatch):

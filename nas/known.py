@@ -80,10 +80,23 @@ def in_forms(design: KnownDesign, forms: tuple[str, ...]) -> list[KnownDesign]:
 
 
 def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
-    """Each known design in the space's known forms, as a study of this space runs it (see
-    `scaled_to_budget`), in the file's order."""
-    forms = [form for design in known_designs() for form in in_forms(design, space.architecture.known_forms)]
+    """Each known design the space opens with, in the space's known forms, as a study of this space
+    runs it (see `scaled_to_budget`), in the file's order."""
+    designs = opened_with(space)
+    forms = [form for design in designs for form in in_forms(design, space.architecture.known_forms)]
     return [fitted for form in forms if (fitted := scaled_to_budget(form, space)) is not None]
+
+
+def opened_with(space: SearchSpace) -> list[KnownDesign]:
+    """The known designs the space names in `known_designs`, or all of them if it names none."""
+    designs, names = known_designs(), space.architecture.known_designs
+    unknown = [name for name in names if name not in {design.name for design in designs}]
+    if unknown:
+        raise UserError(
+            f"{space.path}: architecture.known_designs names {unknown[0]!r}, which is not a known design; "
+            f"name some of: {', '.join(design.name for design in designs)}"
+        )
+    return [design for design in designs if not names or design.name in names]
 
 
 def by_name(name: str, space: SearchSpace | None = None) -> KnownDesign:

@@ -46,9 +46,10 @@ class ArchitectureSpace:
     padding: tuple[str, ...]  # choices per 3x3 block among PADDINGS
     dropout: Range  # one rate for the whole network, sampled uniformly
     heads: tuple[str, ...]  # choices among nas.genome.HEADS
-    # Optional, so older spaces read as before: full 3x3 convs only, known designs as published.
+    # Optional, so older spaces read as before: full 3x3 convs only, every known design as published.
     convs: tuple[str, ...] = ("full",)  # choices per 3x3 block among CONVS
     known_forms: tuple[str, ...] = ("published",)  # among KNOWN_FORMS
+    known_designs: tuple[str, ...] = ()  # names in nas/known_designs.json to open with; unset: every one
 
     def can_draw(self, genome: Genome) -> bool:
         """Whether sampling can produce this architecture (its dropout aside: a rate is clipped into range)."""

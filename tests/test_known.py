@@ -1,6 +1,7 @@
 """Known designs as data: each one is a draw of the spaces that can hold it, and a new study starts with them."""
 
 import dataclasses
+import re
 import threading
 
 import optuna
@@ -21,6 +22,11 @@ from tests.helpers import TINY_SPACE
 WIDE_OPEN = parse_space(
     (SPACES_DIR / "mnist_20k.toml").read_text().replace("dropout = [0.01, 0.08]", "dropout = [0.0, 0.5]"), "wide"
 ).with_overrides(max_params=10**6, max_macs=10**12)
+
+# The 5k space opening with every known design (made separable), not only the three it names.
+EVERY_DESIGN_AT_5K = parse_space(
+    re.sub(r"known_designs = \[.*\]\n", "", (SPACES_DIR / "mnist_5k.toml").read_text()), "every_design_at_5k.toml"
+)
 
 
 @pytest.mark.parametrize("design", known_designs(), ids=lambda d: d.name)
@@ -45,7 +51,7 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
         "seed-001 x0.70", "woolly-3762 x1.45",
     ]  # fmt: skip
     # The 5k space opens with the designs made separable, which widens them instead.
-    at_5k = designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml"))
+    at_5k = designs_to_beat(EVERY_DESIGN_AT_5K)
     assert [d.name.split(" x")[1] for d in at_5k] == ["1.65", "1.80", "1.70", "2.00", "2.00", "1.10", "2.00"]
     assert (at_5k[0].name, at_5k[0].genome.describe()) == (
         "woncoh1-s6 separable x1.65", "13v-26vs-26vs | 13x1-26vs-26vs-26vs gap d0.00"
@@ -53,8 +59,19 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
     assert param_count(at_5k[0].genome) == 4_885
 
 
+def test_a_space_opens_with_the_known_designs_it_names_and_refuses_a_name_it_does_not_know():
+    names = [d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml"))]
+    assert names == [
+        "woncoh1-s6 separable x1.65", "era-s6-ram separable x1.80", "snehanshu-raj-model-3 separable x1.70"
+    ]  # fmt: skip
+    text = (SPACES_DIR / "mnist_5k.toml").read_text().replace('"era-s6-ram"', '"era-s6"')
+    with pytest.raises(UserError, match="known_designs names 'era-s6', which is not a known design; name some of: wo"):
+        designs_to_beat(parse_space(text, "typo.toml"))
+    assert by_name("seed-004").name == "seed-004"  # --design still finds every one as published
+
+
 def test_a_space_can_open_with_the_designs_both_as_published_and_separable():
-    text = (SPACES_DIR / "mnist_5k.toml").read_text()
+    text = EVERY_DESIGN_AT_5K.text
     both = parse_space(text.replace('known_forms = ["separable"]', 'known_forms = ["published", "separable"]'), "both")
     names = [d.name for d in designs_to_beat(both)]
     assert names[:2] == ["woncoh1-s6 x0.70", "woncoh1-s6 separable x1.65"] and len(names) == 14
@@ -134,9 +151,9 @@ def test_recipe_ranges_and_choices_are_sampled_and_equal_ends_fix_a_value():
     assert {sample_recipe(study.ask(), training).batch_size for _ in range(20)} == {32, 128}
 
 
-@pytest.mark.parametrize("design", designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml")), ids=lambda d: d.name)
+@pytest.mark.parametrize("design", designs_to_beat(EVERY_DESIGN_AT_5K), ids=lambda d: d.name)
 def test_a_separable_design_enqueued_as_parameters_is_drawn_as_exactly_that_genome(design):
-    arch = dataclasses.replace(load_space(SPACES_DIR / "mnist_5k.toml").architecture, dropout=(0.0, 0.5))
+    arch = dataclasses.replace(EVERY_DESIGN_AT_5K.architecture, dropout=(0.0, 0.5))
     assert sample_genome(optuna.trial.FixedTrial(genome_params(design.genome)), arch) == design.genome
 
 

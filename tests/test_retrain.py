@@ -208,12 +208,12 @@ def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_p
     space = load_space(SPACES_DIR / "mnist_5k.toml")
     path = best_json(tmp_path, tiny_dir, max_params=5_000)
     path.write_text(json.dumps({**json.loads(path.read_text()), "space": space_record(space)}))
-    narrowed = next(d for d in designs_to_beat(space) if d.name.startswith("shwethaamrutha-s6 separable x"))
+    widened = next(d for d in designs_to_beat(space) if d.name.startswith("era-s6-ram separable x"))
     argv = [str(path), "--epochs", "1", "--processes", "1", "--min-accuracy", "0", "--out", str(tmp_path / "k")]
-    assert main([*argv, "--design", narrowed.name]) == 0
+    assert main([*argv, "--design", widened.name]) == 0
     metrics = json.loads((tmp_path / "k" / "metrics.json").read_text())
-    assert metrics["known_design"] == narrowed.name and metrics["genome"] == narrowed.genome.to_dict()
-    assert main([*argv[:-1], str(tmp_path / "other"), "--design", "shwethaamrutha-s6 separable x0.10"]) == 2
+    assert metrics["known_design"] == widened.name and metrics["genome"] == widened.genome.to_dict()
+    assert main([*argv[:-1], str(tmp_path / "other"), "--design", "era-s6-ram separable x0.10"]) == 2
 
 
 def test_a_retrain_distils_from_a_frozen_model_and_records_which(good, tmp_path, tiny_dir, capsys):

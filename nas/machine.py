@@ -42,6 +42,9 @@ PROCESS_CHOICES = (1, 2)
 SECONDS_PER_SETTING = 1.5  # timed steps of each setting, after the warm-up steps
 WARMUP_STEPS = 5  # the first steps build oneDNN's kernels
 LAYOUT_ROUNDS = 12  # timed steps of each layout per network, taken in turn so the VM's drift hits both alike
+# A training of fewer steps (a test's, say) takes the profile's layout: timing its own would cost
+# more than 5% of it (the timing takes 2 x (WARMUP_STEPS + LAYOUT_ROUNDS) steps), more than it could save.
+MIN_STEPS_TO_TIME_LAYOUT = 20 * 2 * (WARMUP_STEPS + LAYOUT_ROUNDS)
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,15 @@ class TrainConfig:
         """This config with precision, replica count and layout settled: as forced, else as measured here.
 
         Precision and replicas come from this machine's profile; the layout from timing `model` on
-        one replica's share of a batch of `data`'s images, with one replica's threads.
+        one replica's share of a batch of `data`'s images, with one replica's threads, unless the
+        training is too short for the timing to pay (then the profile's layout).
         """
         if self.precision != "auto" and self.channels_last is not None and self.processes is not None:
             return self
         best = machine.profile().best(self.precision, self.processes)
         layout = self.channels_last
+        if layout is None and self.epochs * math.ceil(len(data) / self.batch_size) < machine.MIN_STEPS_TO_TIME_LAYOUT:
+            layout = best.channels_last
         if layout is None:
             share = to_pixels(data.images[: math.ceil(self.batch_size / best.processes)])
             previous = torch.get_num_threads()

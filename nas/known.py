@@ -90,7 +90,8 @@ def designs_to_beat(space: SearchSpace) -> list[KnownDesign]:
 def opened_with(space: SearchSpace) -> list[KnownDesign]:
     """The known designs the space names in `known_designs`, or all of them if it names none."""
     designs, names = known_designs(), space.architecture.known_designs
-    unknown = [name for name in names if name not in {design.name for design in designs}]
+    known = {design.name for design in designs}
+    unknown = [name for name in names if name not in known]
     if unknown:
         raise UserError(
             f"{space.path}: architecture.known_designs names {unknown[0]!r}, which is not a known design; "

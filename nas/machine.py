@@ -184,6 +184,17 @@ def save(measured: Profile) -> Path:
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch threads, then give the caller back its own count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -328,12 +339,6 @@ def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float
             marks["end"], marks["steps"] = now, done - WARMUP_STEPS
             raise _Enough
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads), contextlib.suppress(_Enough):
         train(model, data, config, on_step=on_step)
-    except _Enough:
-        pass
-    finally:
-        torch.set_num_threads(previous)
     return marks["steps"] * config.batch_size / (marks["end"] - marks["start"])

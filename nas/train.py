@@ -85,6 +85,10 @@ class TrainConfig:
         if self.precision not in ("auto", *machine.PRECISIONS):
             raise ValueError(f"precision must be auto, {' or '.join(machine.PRECISIONS)}, got {self.precision!r}")
 
+    def steps_per_epoch(self, images: int) -> int:
+        """Optimiser steps in one epoch over `images` training images (the last batch may be short)."""
+        return math.ceil(images / self.batch_size)
+
     def resolved(self, model: nn.Module, data: Split) -> TrainConfig:
         """This config with precision, replica count and layout settled: as forced, else as measured here.
 
@@ -96,16 +100,12 @@ class TrainConfig:
             return self
         best = machine.profile().best(self.precision, self.processes)
         layout = self.channels_last
-        if layout is None and self.epochs * math.ceil(len(data) / self.batch_size) < machine.MIN_STEPS_TO_TIME_LAYOUT:
+        if layout is None and self.epochs * self.steps_per_epoch(len(data)) < machine.MIN_STEPS_TO_TIME_LAYOUT:
             layout = best.channels_last
         if layout is None:
             share = to_pixels(data.images[: math.ceil(self.batch_size / best.processes)])
-            previous = torch.get_num_threads()
-            torch.set_num_threads(max(1, previous // best.processes))
-            try:
+            with machine.torch_threads(_replica_threads(best.processes)):
                 layout = machine.channels_last_is_faster(model, share, best.precision)
-            finally:
-                torch.set_num_threads(previous)
         return dataclasses.replace(self, precision=best.precision, channels_last=layout, processes=best.processes)
 
 
@@ -180,7 +180,7 @@ def _train(
 ) -> list[Report]:
     if config.processes == 1:
         return _train_replica(model, data, config, None, on_report, on_step)
-    threads = max(1, torch.get_num_threads() // config.processes)
+    threads = _replica_threads(config.processes)
     store = dist.TCPStore(
         LOOPBACK, 0, config.processes, is_master=True, timeout=_timeout(), wait_for_workers=False
     )  # port 0: any free one
@@ -195,19 +195,17 @@ def _train(
     ]
     for helper in helpers:
         helper.start()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     finished = False
     try:
         _wait_until_started(store, helpers)
-        reports = _train_replica(model, data, config, _Exchange(store, 0, config.processes), on_report, on_step)
+        with machine.torch_threads(threads):
+            reports = _train_replica(model, data, config, _Exchange(store, 0, config.processes), on_report, on_step)
         finished = True
     except ReplicaLost:
         for helper in helpers:
             helper.join(timeout=1)  # a dead one's exit code
         raise ReplicaLost(_what_was_lost([helper.exitcode for helper in helpers])) from None
     finally:
-        torch.set_num_threads(previous_threads)
         # After a normal end the others are exiting; after an early stop they would wait at the
         # next exchange until their timeout, so they are killed: they hold nothing to keep.
         for helper in helpers:
@@ -216,6 +214,11 @@ def _train(
                 helper.kill()
                 helper.join()
     return reports
+
+
+def _replica_threads(processes: int) -> int:
+    """Torch threads for each of `processes` replicas sharing this process's threads."""
+    return max(1, torch.get_num_threads() // processes)
 
 
 def _helper(rank: int, model: nn.Module, data: Dataset, config: TrainConfig, port: int, threads: int) -> None:
@@ -309,7 +312,7 @@ def _train_replica(
     optimizer = torch.optim.SGD(
         params, lr=config.max_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch(len(data.train))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )

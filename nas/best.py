@@ -15,7 +15,7 @@ from typing import Any
 from nas import results
 from nas.errors import UserError, read_user_text
 from nas.genome import Genome, param_count
-from nas.space import SearchSpace, parse_space
+from nas.space import MAX_EPOCHS, SearchSpace, parse_space
 from nas.train import DEFAULT_AUGMENT_DEGREES, DEFAULT_AUGMENT_SHIFT, Recipe
 
 FIX = "use a best.json written by nas.search"
@@ -47,6 +47,12 @@ class Best:
         if not isinstance(recorded, dict) or not isinstance(recorded.get("text"), str):
             return None
         return parse_space(recorded["text"], f"the search space recorded in best.json ({recorded.get('path')})")
+
+    @property
+    def retrain_epochs(self) -> int:
+        """How long nas.retrain trains the winner by default: as its space plans, else the seeds' spec allows."""
+        space = self.space()
+        return space.retrain.epochs if space is not None else MAX_EPOCHS
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -21,18 +21,19 @@ import fcntl
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import Dataset, Split
+from nas.data import Dataset, Split, to_pixels
 from nas.genome import Block, Genome
 from nas.model import build_model, with_normalisation
 
@@ -109,12 +110,29 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class TrainerStep:
+    """The trainer's step against a network's bare one (forward, backward, update): `scale` times it,
+    for the work that grows with the batch (augmentation), plus `seconds` for what does not (the
+    replicas' exchange and waiting on each other, Python).
+    """
+
+    scale: float
+    seconds: float
+
+    def of(self, bare_seconds: float) -> float:
+        return self.scale * bare_seconds + self.seconds
+
+
+@dataclass(frozen=True)
 class Profile:
     """What was measured on one CPU with one torch version."""
 
     cpu: Cpu
     torch_version: str
     rates: tuple[Rate, ...]
+    # Timed on the reference network in the fastest setting: what turns a network's timed bare
+    # steps (`LayoutTiming`) into an estimate of its training time.
+    trainer_step: TrainerStep
 
     def best(self, precision: str = "auto", processes: int | None = None) -> Setting:
         """The fastest setting measured, within a forced precision or replica count if given.
@@ -130,12 +148,17 @@ class Profile:
         return Setting(fastest.precision, fastest.channels_last, processes)
 
     def to_dict(self) -> dict:
-        return {"cpu": asdict(self.cpu), "torch": self.torch_version, "rates": [asdict(r) for r in self.rates]}
+        return {
+            "cpu": asdict(self.cpu),
+            "torch": self.torch_version,
+            "rates": [asdict(r) for r in self.rates],
+            "trainer_step": asdict(self.trainer_step),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Profile:
         rates = tuple(Rate(Setting(**r["setting"]), r["threads"], r["samples_per_s"]) for r in data["rates"])
-        return cls(Cpu(**data["cpu"]), data["torch"], rates)
+        return cls(Cpu(**data["cpu"]), data["torch"], rates, TrainerStep(**data["trainer_step"]))
 
 
 def cache_path(cpu: Cpu, kind: str = "machine") -> Path:
@@ -221,7 +244,7 @@ def measure(cpu: Cpu | None = None, seconds: float = SECONDS_PER_SETTING) -> Pro
 
     First every precision and layout with one one-thread replica (what a search worker or one
     replica runs); then, with the fastest of those, one process using every core against two
-    replicas sharing them.
+    replicas sharing them; last, in the fastest setting, the trainer's step against the bare one.
     """
     cpu = cpu or this_cpu()
     rates = [
@@ -233,7 +256,8 @@ def measure(cpu: Cpu | None = None, seconds: float = SECONDS_PER_SETTING) -> Pro
         for processes in PROCESS_CHOICES:
             split = Setting(fastest.precision, fastest.channels_last, processes)
             rates.append(Rate(split, cpu.cores, _samples_per_second(split, cpu.cores, seconds)))
-    return Profile(cpu, torch.__version__, tuple(rates))
+    measured = Profile(cpu, torch.__version__, tuple(rates), TrainerStep(1.0, 0.0))  # until timed, in the fastest
+    return replace(measured, trainer_step=_trainer_step(measured.best(), cpu.cores, seconds))
 
 
 # A mid-sized network of the default space (the shipped mnist_20k winner, 18,902 parameters).
@@ -242,6 +266,8 @@ REFERENCE_GENOME = Genome(
     dropout=0.07,
     head="fc",
 )
+REFERENCE_BATCH_SIZE = 128
+SMALL_BATCH_SIZE = 32  # the smallest the spaces offer: where the trainer's fixed cost per step weighs most
 
 
 def synthetic_dataset(n: int, seed: int = 0) -> Dataset:
@@ -255,34 +281,76 @@ def synthetic_dataset(n: int, seed: int = 0) -> Dataset:
     return Dataset(train=split(n), val=split(64), test=None, mean=0.5, std=0.29)
 
 
+def _trainer_step(fastest: Setting, cores: int, seconds: float) -> TrainerStep:
+    """The trainer's step against the reference network's bare one, at two batch sizes: the line through both."""
+    points = []
+    for batch_size in (SMALL_BATCH_SIZE, REFERENCE_BATCH_SIZE):
+        trainer = batch_size / _samples_per_second(fastest, cores, seconds, batch_size)
+        data = synthetic_dataset(math.ceil(batch_size / fastest.processes))
+        torch.manual_seed(0)
+        model = with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
+        with torch_threads(max(1, cores // fastest.processes)):
+            timed = _layout_step_seconds(model, to_pixels(data.train.images), fastest.precision)
+        points.append((timed[fastest.channels_last] / LAYOUT_ROUNDS, trainer))
+    (bare_small, small), (bare_large, large) = points
+    scale = max(1.0, (large - small) / (bare_large - bare_small))  # the trainer does at least the bare step
+    return TrainerStep(scale, max(0.0, large - scale * bare_large))
+
+
 class _Enough(Exception):
     """Raised from the step callback once a setting has been timed long enough."""
 
 
-def channels_last_is_faster(model: nn.Module, images: torch.Tensor, precision: str) -> bool:
-    """Whether `model` trains faster in channels-last than in the default layout on this CPU.
+@dataclass(frozen=True)
+class LayoutTiming:
+    """Seconds of one bare training step (forward, backward, update) of a network, in each memory layout."""
+
+    channels_last: float
+    contiguous: float
+
+    @property
+    def channels_last_is_faster(self) -> bool:
+        return self.channels_last < self.contiguous
+
+    def step_seconds(self, channels_last: bool) -> float:
+        return self.channels_last if channels_last else self.contiguous
+
+
+def time_layouts(model: nn.Module, images: torch.Tensor, precision: str) -> LayoutTiming:
+    """How fast `model` trains in channels-last and in the default layout on this CPU.
 
     Timed with one replica's batch of pixels (`images`) and its threads, on copies of the model,
-    once per network, batch shape, precision and thread count: the answer is cached, so a rerun
-    trains in the same layout (the two round differently).
+    once per network, batch shape, precision and thread count: the figures are cached, so a rerun
+    trains in the same layout (the two round differently) and estimates the same time.
     """
     key = f"{model!r} {list(images.shape)} {precision} {torch.get_num_threads()} threads"
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_path(this_cpu(), "layouts")
-    cached = _read_layouts(path).get(key)
-    if isinstance(cached, bool):
+    cached = _timing(_read_layouts(path).get(key))
+    if cached is not None:
         return cached
     seconds = _layout_step_seconds(model, images, precision)
-    faster = seconds[True] < seconds[False]
+    timed = {"channels_last": seconds[True] / LAYOUT_ROUNDS, "contiguous": seconds[False] / LAYOUT_ROUNDS}
     with contextlib.suppress(OSError), _locked(path):  # unwritable: measured again next time
         layouts = _read_layouts(path)
-        faster = layouts.setdefault(key, faster)  # a concurrent run's answer, if it came first
+        if _timing(layouts.get(key)) is None:  # else a concurrent run's figures came first: keep them
+            layouts[key] = timed
+        timed = layouts[key]
         _write(path, layouts)
-    return faster
+    return LayoutTiming(**timed)
+
+
+def _timing(entry: object) -> LayoutTiming | None:
+    """A cached entry as a LayoutTiming; None for anything else (an older cache's bare answer, say)."""
+    if not isinstance(entry, dict) or set(entry) != {"channels_last", "contiguous"}:
+        return None
+    if not all(isinstance(value, float) and value > 0 for value in entry.values()):
+        return None
+    return LayoutTiming(**entry)
 
 
 def _read_layouts(path: Path) -> dict:
-    """The cached layouts by network key; empty when there are none or the file cannot be read."""
+    """The cached layout timings by network key; empty when there are none or the file cannot be read."""
     try:
         layouts = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -319,7 +387,9 @@ def _layout_step_seconds(model: nn.Module, images: torch.Tensor, precision: str)
     return seconds
 
 
-def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float:
+def _samples_per_second(
+    setting: Setting, threads: int, seconds: float, batch_size: int = REFERENCE_BATCH_SIZE
+) -> float:
     """Train the reference network under `setting` on random images until `seconds` have been timed."""
     from nas.train import TrainConfig, train  # here, not at the top: the trainer imports this module
 
@@ -327,7 +397,7 @@ def _samples_per_second(setting: Setting, threads: int, seconds: float) -> float
     torch.manual_seed(0)
     model = with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
     # Epochs enough that the fastest setting on any CPU is timed long before training would end.
-    config = TrainConfig(epochs=100, **asdict(setting))
+    config = TrainConfig(epochs=100, batch_size=batch_size, **asdict(setting))
     marks: dict[str, float] = {}
 
     def on_step(epoch: int, step: int, steps: int) -> None:

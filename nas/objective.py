@@ -1,8 +1,9 @@
 """The trial side of the search: sample a candidate, check its budgets, train it briefly.
 
 Each trial draws a genome and a training recipe, is rejected before it trains a step when it is
-over the parameter or MACs budget, and otherwise trains with a callback that reports validation
-accuracy to Optuna and obeys its pruner. What it records goes through nas.trials.
+over the parameter or MACs budget or its retrain would be over the time budget, and otherwise
+trains with a callback that reports validation accuracy to Optuna and obeys its pruner. What it
+records goes through nas.trials.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import optuna
 import torch
+from torch import nn
 
 from nas import trials
 from nas.data import Dataset
@@ -130,6 +132,12 @@ class Objective:
         config = trial_config(recipe, self.space, self.seed, trial.number, self.precision)
         torch.manual_seed(config.seed)  # weight initialisation
         model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
+        max_seconds = self.space.retrain.max_seconds
+        if max_seconds is not None:
+            seconds = self.retrain_seconds(model, recipe)
+            trials.record_retrain_estimate(trial, seconds, max_seconds)
+            if seconds > max_seconds:
+                raise trials.over_budget(trial, f"retrain estimated at {seconds:,.0f} s > budget {max_seconds:,.0f} s")
 
         final_step = config.epochs * config.reports_per_epoch
         # A known design is the mark the study must beat, so it always runs its whole trial: a deep,
@@ -155,6 +163,12 @@ class Objective:
         finally:
             trials.record_train_seconds(trial, time.perf_counter() - start)
         return reports[-1].val_accuracy
+
+    def retrain_seconds(self, model: nn.Module, recipe: Recipe) -> float:
+        """How long nas.retrain would train this candidate here, by default on every training image."""
+        config = recipe.config(epochs=self.space.retrain.epochs, precision=self.precision)
+        images = len(self.data.train) + len(self.data.val)
+        return config.estimated_seconds(model, self.data.train, images)
 
 
 def worker_peak_rss_mib() -> int | None:

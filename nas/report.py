@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from nas.search import SearchOptions
 
 CSV_COLUMNS = (
-    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "fail_reason",
+    "number", "outcome", "params", "macs", "val_accuracy", "epochs_run", "train_seconds", "estimated_retrain_seconds",
+    "fail_reason",
     *RECIPE_KNOBS, "known_design", "mutation", "architecture",
 )  # fmt: skip
 
@@ -45,7 +46,8 @@ def count_states(trials: list[TrialRecord]) -> dict[str, int]:
 def trial_line(trial: TrialRecord, elapsed: float) -> str:
     """One finished trial, for logs: number, outcome, accuracy, size."""
     value = f"{trial.accuracy:.2f}%" if trial.accuracy is not None else "-"
-    reason = f" ({trial.fail_reason})" if trial.fail_reason else ""
+    why = trial.fail_reason or trial.budget_exceeded
+    reason = f" ({why})" if why else ""
     size = f", {trial.params:,} params" if trial.params is not None else ""
     origin = f", known design {trial.known_design}" if trial.known_design else ""
     origin += f", mutation {trial.mutation}" if trial.mutation else ""
@@ -89,7 +91,8 @@ def trials_csv(trials: list[TrialRecord]) -> str:
         writer.writerow([
             t.number, t.outcome, _blank(t.params), _blank(t.macs),
             f"{t.accuracy:.2f}" if t.accuracy is not None else "", _blank(t.epochs_run), _blank(t.train_seconds),
-            t.fail_reason, *(_blank(t.recipe and getattr(t.recipe, knob)) for knob in RECIPE_KNOBS),
+            _blank(t.estimated_retrain_seconds), t.fail_reason,
+            *(_blank(t.recipe and getattr(t.recipe, knob)) for knob in RECIPE_KNOBS),
             _blank(t.known_design), _blank(t.mutation), t.genome.describe() if t.genome else "",
         ])  # fmt: skip
     return buffer.getvalue()
@@ -147,4 +150,4 @@ def write_report(study: optuna.Study, space: SearchSpace, options: SearchOptions
     best_of(study, space, options).write(best_path)
     plots.plot_search(plot_rows(trials), space.max_params, out / "search.png")
     console.print(f"wrote {best_path}, trials.csv and search.png to {out}; study: {redact(options.storage)}")
-    console.print(f"next: python -m nas.retrain {best_path} --epochs 19")
+    console.print(f"next: python -m nas.retrain {best_path}")

@@ -1,6 +1,6 @@
 """Retrain a searched architecture in full, test it once, and export it frozen with spec tests.
 
-python -m nas.retrain runs/mnist_20k/best.json --epochs 19
+python -m nas.retrain runs/mnist_20k/best.json
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from nas.errors import UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
 from nas.machine import add_precision_option
 from nas.model import build_model, count_macs, with_normalisation
+from nas.space import MAX_EPOCHS
 from nas.train import ReplicaLost, Report, evaluate, train
 
 SPEC_TESTS = Path(__file__).with_name("spec_tests.py")
-MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
 DEFAULT_MIN_ACCURACY = 99.4  # percent on the test set; the seeds' floor
 DEFAULT_DISTILL_WEIGHT = 0.5  # with --teacher: half the loss from the teacher's scores, half from the labels
 TRAIN_ON = {
@@ -97,7 +97,7 @@ def epoch_line(report: Report, epochs: int, val_name: str = "val") -> str:
 @dataclass(frozen=True)
 class RetrainOptions:
     best: Path
-    epochs: int
+    epochs: int | None  # None: as many as best.json's search space plans (Best.retrain_epochs)
     out: Path
     seed: int
     data_dir: Path | None
@@ -128,22 +128,24 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         data = with_validation_in_training(data)
     if teacher is not None:
         data = replace(data, train=replace(data.train, teacher_logits=teacher_logits(teacher, data.train)))
+    epochs = options.epochs or winner.retrain_epochs
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
     config = winner.recipe.config(
-        epochs=options.epochs,
+        epochs=epochs,
         seed=options.seed,
         precision=options.precision,
         processes=options.processes,
         distill_weight=options.distill_weight if options.teacher else 0.0,
     ).resolved(model, data.train)
+    estimated_seconds = config.estimated_seconds(model, data.train, len(data.train))
     log = [
         f"retrain {options.best}"
         + (f" as known design {options.design}" if options.design else "")
         + (f", distilled from {options.teacher}" if options.teacher else "")
-        + f": {genome.describe()}, {params:,} params, {options.epochs} epochs on {len(data.train):,} images, "
+        + f": {genome.describe()}, {params:,} params, {epochs} epochs on {len(data.train):,} images, "
         f"seed {options.seed}, {config.precision}{' channels-last' if config.channels_last else ''}, "
-        f"{config.processes} training process(es)"
+        f"{config.processes} training process(es), about {estimated_seconds:.0f} s of training"
     ]
     console.print(log[0])
 
@@ -159,11 +161,11 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         task = progress.add_task("train", total=None, epoch=1)
 
         def on_step(epoch: int, step: int, steps: int) -> None:
-            progress.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{options.epochs}")
+            progress.update(task, completed=step, total=steps, epoch=f"{epoch + 1}/{epochs}")
 
         def on_report(report: Report) -> None:
             # Trained on, the validation images only show the fit.
-            log.append(epoch_line(report, options.epochs, "val" if options.train_on == "split" else "val (trained on)"))
+            log.append(epoch_line(report, epochs, "val" if options.train_on == "split" else "val (trained on)"))
             progress.console.print(log[-1])
 
         reports = train(model, data, config, on_report=on_report, on_step=on_step)
@@ -183,7 +185,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "macs": count_macs(genome),
         "layers": layer_names(model),
         "spec": {"max_params": max_params, "max_epochs": MAX_EPOCHS, "min_test_accuracy": options.min_accuracy},
-        "epochs": options.epochs,
+        "epochs": epochs,
         "train": asdict(config),
         "history": [asdict(r) for r in reports],
         # Only unseen images make it a validation figure.
@@ -191,6 +193,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "train_seconds": round(train_seconds, 1),
+        "estimated_train_seconds": round(estimated_seconds, 1),  # TrainConfig.estimated_seconds, before training
         "seed": options.seed,
         "data": {
             "dir": data_dir,
@@ -231,7 +234,11 @@ def _state_dict_bytes(model: nn.Module) -> bytes:
 def parse_args(argv: list[str] | None) -> RetrainOptions:
     parser = argparse.ArgumentParser(prog="nas.retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("best", type=Path, help="best.json written by nas.search")
-    parser.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"training epochs (default {MAX_EPOCHS})")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"training epochs (default: as best.json's search space plans in [retrain], else {MAX_EPOCHS})",
+    )
     parser.add_argument("--out", type=Path, help="result folder (default: the folder of best.json)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation, data order, augmentation, dropout")
     parser.add_argument("--data-dir", type=Path, help="MNIST-format directory (default: the one the search used)")
@@ -274,7 +281,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         help=f"test accuracy floor the generated tests check, percent (default {DEFAULT_MIN_ACCURACY})",
     )
     args = parser.parse_args(argv)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_params is not None and args.max_params < 1:
         raise UserError(f"--max-params must be positive, got {args.max_params}")

@@ -103,6 +103,7 @@ class SearchOptions:
     timeout: float | None
     out: Path
     max_macs: int | None = None
+    max_retrain_seconds: float | None = None  # overrides the space's retrain.max_seconds
     precision: str = "auto"  # TrainConfig.precision
     known_designs: bool = True  # a new study starts with the known designs (scaled to its budget)
     mutation_share: float = DEFAULT_MUTATION_SHARE  # trials that mutate one of the best so far (nas.mutation)
@@ -154,7 +155,9 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def search(options: SearchOptions, console: Console | None = None) -> optuna.Study:
     """Run `options.trials` more trials on the study, then write best.json and trials.csv."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
-    space = load_space(options.space, options.max_params, options.trial_epochs, options.max_macs)
+    space = load_space(
+        options.space, options.max_params, options.trial_epochs, options.max_macs, options.max_retrain_seconds
+    )
     results.check_writable(options.out)
     # Timed here, once, before the workers start: they read the cached figures instead of
     # timing each other's load.
@@ -237,6 +240,12 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search-space TOML file")
     parser.add_argument("--max-params", type=int, help="parameter budget (overrides the space file)")
     parser.add_argument("--max-macs", type=int, help="multiply-accumulates per image (overrides the space file)")
+    parser.add_argument(
+        "--max-retrain-seconds",
+        type=float,
+        help="prune a candidate whose retrain would take longer on this machine, estimated from a few timed steps "
+        "before it trains (overrides the space file's retrain.max_seconds)",
+    )
     parser.add_argument("--trial-epochs", type=int, help="training epochs per trial (overrides the space file)")
     parser.add_argument("--seed", type=int, default=0, help="sampler, validation split and training seed")
     parser.add_argument("--data-dir", type=Path, help="directory with the four MNIST-format IDX files")
@@ -274,7 +283,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
     for name in ("trials", "jobs", "val_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("trial_epochs", "threads", "max_params", "max_macs", "timeout"):
+    for name in ("trial_epochs", "threads", "max_params", "max_macs", "max_retrain_seconds", "timeout"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -296,6 +305,7 @@ def parse_args(argv: list[str] | None) -> SearchOptions:
         timeout=args.timeout,
         out=out,
         max_macs=args.max_macs,
+        max_retrain_seconds=args.max_retrain_seconds,
         precision=args.precision,
         known_designs=args.known_designs,
         mutation_share=args.mutation_share,

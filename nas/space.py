@@ -25,6 +25,7 @@ from nas.train import DEFAULT_AUGMENT_SHIFT
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 DEFAULT_SPACE = SPACES_DIR / "mnist_20k.toml"
 MAX_STAGES = 5  # a 28 px input halves to 1 px after four pools
+MAX_EPOCHS = 19  # the seeds' spec: fewer than 20 epochs
 PADDINGS = {"same": True, "valid": False}  # a block's padding choice: Block.padded
 PADDING_NAMES = {padded: name for name, padded in PADDINGS.items()}
 CONVS = {"full": False, "separable": True}  # a 3x3 block's conv choice: Block.separable
@@ -81,11 +82,22 @@ class TrialBudget:
 
 
 @dataclass(frozen=True)
+class RetrainPlan:
+    """How the winner will be retrained, for the search to hold it to a time budget (optional table)."""
+
+    epochs: int = MAX_EPOCHS  # nas.retrain's default for this space's winner
+    # Seconds a retrain may take on the machine that searches, estimated from a few timed steps of
+    # each candidate before it trains (TrainConfig.estimated_seconds); a slower one is pruned.
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     max_params: int  # trainable parameters; larger candidates are pruned before training
     architecture: ArchitectureSpace
     training: TrainingSpace
     trial: TrialBudget
+    retrain: RetrainPlan = RetrainPlan()
     max_macs: int | None = None  # multiply-accumulates per image; larger candidates are pruned before training
     search_seconds: float | None = None  # wall time after which a search starts no trial (running ones finish)
     path: str = ""  # where it was read from
@@ -116,7 +128,11 @@ class SearchSpace:
         return min(candidates, key=param_count)
 
     def with_overrides(
-        self, max_params: int | None = None, trial_epochs: int | None = None, max_macs: int | None = None
+        self,
+        max_params: int | None = None,
+        trial_epochs: int | None = None,
+        max_macs: int | None = None,
+        max_retrain_seconds: float | None = None,
     ) -> SearchSpace:
         """The same space with command-line overrides of the budgets and the trial length."""
         space = self
@@ -124,14 +140,19 @@ class SearchSpace:
             space = dataclasses.replace(space, max_params=max_params)
         if max_macs is not None:
             space = dataclasses.replace(space, max_macs=max_macs)
+        if max_retrain_seconds is not None:
+            retrain = dataclasses.replace(space.retrain, max_seconds=max_retrain_seconds)
+            space = dataclasses.replace(space, retrain=retrain)
         if trial_epochs is not None:
             space = dataclasses.replace(space, trial=dataclasses.replace(space.trial, epochs=trial_epochs))
         return space
 
 
-# The file's layout: [budget] max_params (optionally max_macs, search_seconds), then one table per section dataclass.
+# The file's layout: [budget] max_params (optionally max_macs, search_seconds), then one table per section
+# dataclass; [retrain] may be left out.
 OPTIONAL_BUDGETS = {"max_macs": int, "search_seconds": float}
 SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
+OPTIONAL_SECTIONS = {"retrain": RetrainPlan}
 
 
 def _type_name(kind: Any) -> str:
@@ -154,6 +175,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return isinstance(v, int | float) and math.isfinite(v) if scalar is float else isinstance(v, scalar)
 
     args = typing.get_args(kind)
+    if type(None) in args:  # optional: absent from the file when unset, so a value is the other type
+        kind = next(arg for arg in args if arg is not type(None))
+        args = typing.get_args(kind)
     if kind in (Range, IntRange):
         scalar = args[0]
         if not (isinstance(value, list) and len(value) == 2 and all(is_a(v, scalar) for v in value)):
@@ -221,6 +245,8 @@ def _check_values(space: SearchSpace, where: str) -> None:
         (training.augment_shift[0] >= 0, "training.augment_shift must not be negative"),
         (trial.epochs >= 1, "trial.epochs must be at least 1"),
         (trial.reports_per_epoch >= 1, "trial.reports_per_epoch must be at least 1"),
+        (space.retrain.epochs >= 1, "retrain.epochs must be at least 1"),
+        (space.retrain.max_seconds is None or space.retrain.max_seconds > 0, "retrain.max_seconds must be positive"),
     ]
     for ok, message in checks:
         if not ok:
@@ -234,9 +260,10 @@ def parse_space(text: str, where: str) -> SearchSpace:
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{where}: not valid TOML ({error}); fix the syntax") from None
     expected = {"budget", *SECTIONS}
-    unknown = sorted(set(document) - expected)
+    unknown = sorted(set(document) - expected - set(OPTIONAL_SECTIONS))
     if unknown:
-        raise UserError(f"{where}: unknown table [{unknown[0]}]; known tables are {', '.join(sorted(expected))}")
+        known = sorted({*expected, *OPTIONAL_SECTIONS})
+        raise UserError(f"{where}: unknown table [{unknown[0]}]; known tables are {', '.join(known)}")
     missing = sorted(expected - set(document))
     if missing:
         raise UserError(f"{where}: missing table [{missing[0]}]")
@@ -254,7 +281,11 @@ def parse_space(text: str, where: str) -> SearchSpace:
         },
         path=where,
         text=text,
-        **{name: _section(document[name], cls, f"{where}: {name}") for name, cls in SECTIONS.items()},
+        **{
+            name: _section(document[name], cls, f"{where}: {name}")
+            for name, cls in {**SECTIONS, **OPTIONAL_SECTIONS}.items()
+            if name in document
+        },
     )
     _check_values(space, where)
     return space
@@ -265,13 +296,14 @@ def load_space(
     max_params: int | None = None,
     trial_epochs: int | None = None,
     max_macs: int | None = None,
+    max_retrain_seconds: float | None = None,
 ) -> SearchSpace:
     """Read a search-space file, apply command-line overrides, and check the budget is reachable."""
     path = Path(path)
     text = read_user_text(path, "the search space", "check --space, and save the file as UTF-8")
     # Name it relative to the working directory when inside it, so results read the same on any clone.
     where = os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    space = parse_space(text, where).with_overrides(max_params, trial_epochs, max_macs)
+    space = parse_space(text, where).with_overrides(max_params, trial_epochs, max_macs, max_retrain_seconds)
     check_budget_reachable(space)
     return space
 

@@ -103,10 +103,32 @@ class TrainConfig:
         if layout is None and self.epochs * self.steps_per_epoch(len(data)) < machine.MIN_STEPS_TO_TIME_LAYOUT:
             layout = best.channels_last
         if layout is None:
-            share = to_pixels(data.images[: math.ceil(self.batch_size / best.processes)])
-            with machine.torch_threads(_replica_threads(best.processes)):
-                layout = machine.channels_last_is_faster(model, share, best.precision)
+            threads = _replica_threads(best.processes)
+            timing = _layout_timing(model, data, self.batch_size, best.precision, best.processes, threads)
+            layout = timing.channels_last_is_faster
         return dataclasses.replace(self, precision=best.precision, channels_last=layout, processes=best.processes)
+
+    def estimated_seconds(self, model: nn.Module, data: Split, images: int) -> float:
+        """Seconds this config would take here to train `model` on `images` images, evaluation aside.
+
+        From timed bare steps of one replica on `data`'s first images, with the threads a training
+        run gets (the cores shared by the replicas), turned into the trainer's steps as this
+        machine's profile measured (`trainer_step`): what a search checks a retrain's time budget against.
+        """
+        config = self.resolved(model, data)
+        threads = max(1, machine.this_cpu().cores // config.processes)
+        timing = _layout_timing(model, data, config.batch_size, config.precision, config.processes, threads)
+        step_seconds = machine.profile().trainer_step.of(timing.step_seconds(config.channels_last))
+        return config.epochs * config.steps_per_epoch(images) * step_seconds
+
+
+def _layout_timing(
+    model: nn.Module, data: Split, batch_size: int, precision: str, processes: int, threads: int
+) -> machine.LayoutTiming:
+    """`model`'s timed steps on one replica's share of a batch of `data`'s images, with `threads` threads."""
+    share = to_pixels(data.images[: math.ceil(batch_size / processes)])
+    with machine.torch_threads(threads):
+        return machine.time_layouts(model, share, precision)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ from nas.train import Recipe
 OBJECTIVE = "val_accuracy"  # percent on the validation split, at the trial's final report
 PARAMS_CONSTRAINT = "params_over_budget"  # params - budget: feasible when <= 0
 MACS_CONSTRAINT = "macs_over_budget"  # with a MACs budget: macs - max_macs, feasible when <= 0
+# With a retrain time budget: estimated seconds - max_seconds, feasible when <= 0.
+RETRAIN_CONSTRAINT = "retrain_seconds_over_budget"
 OUTCOMES = ("waiting", "running", "complete", "over budget", "infeasible", "pruned", "failed")
 
 _WORKER, _PEAK_RSS, _GENOME, _PARAMS, _MACS = "worker", "worker_peak_rss_mib", "genome", "params", "macs"
 _PRUNE_REASON, _FAIL_REASON, _EPOCHS_RUN, _TRAIN_SECONDS = "prune_reason", "fail_reason", "epochs_run", "train_seconds"
-_RECIPE = "recipe"
+_RECIPE, _RETRAIN_SECONDS, _BUDGET_EXCEEDED = "recipe", "estimated_retrain_seconds", "budget_exceeded"
 KNOWN_DESIGN = "known_design"  # set when the study enqueues a published design as a trial
 MUTATION = "mutation"  # set when a worker enqueues a mutation of a trial: "of trial N: <change>"
 _OVER_BUDGET, _INFEASIBLE, _BY_PRUNER = "over budget", "infeasible", "pruner"
@@ -49,9 +51,15 @@ def record_macs(trial: optuna.Trial, macs: int, max_macs: int | None) -> None:
         trial.set_constraint(MACS_CONSTRAINT, macs - max_macs)
 
 
+def record_retrain_estimate(trial: optuna.Trial, seconds: float, max_seconds: float) -> None:
+    trial.set_user_attr(_RETRAIN_SECONDS, round(seconds, 1))
+    trial.set_constraint(RETRAIN_CONSTRAINT, seconds - max_seconds)
+
+
 def over_budget(trial: optuna.Trial, message: str) -> optuna.TrialPruned:
-    """Mark the trial as rejected for its size, never trained; raise what this returns."""
+    """Mark the trial as rejected for its size or time, never trained; raise what this returns."""
     trial.set_user_attr(_PRUNE_REASON, _OVER_BUDGET)
+    trial.set_user_attr(_BUDGET_EXCEEDED, message)
     return optuna.TrialPruned(message)
 
 
@@ -103,6 +111,8 @@ class TrialRecord:
     fail_reason: str  # empty unless failed; a failed trial with no record lost its worker
     worker: tuple[str, int] | None  # host and pid of the process that ran it
     peak_rss_mib: int | None
+    estimated_retrain_seconds: float | None = None  # with a retrain time budget: estimated before the trial trained
+    budget_exceeded: str = ""  # which budget an over-budget trial broke, and by how much
 
     @property
     def finished(self) -> bool:
@@ -128,6 +138,8 @@ class TrialRecord:
             fail_reason=attrs.get(_FAIL_REASON, "worker died") if trial.state == TrialState.FAIL else "",
             worker=(host, int(pid)) if host and pid.isdigit() else None,
             peak_rss_mib=attrs.get(_PEAK_RSS),
+            estimated_retrain_seconds=attrs.get(_RETRAIN_SECONDS),
+            budget_exceeded=attrs.get(_BUDGET_EXCEEDED, ""),
         )
 
 

@@ -108,4 +108,4 @@ def fake_profile(fp32: float, bf16: float, one_process: float, two_processes: fl
             machine.Rate(machine.Setting("fp32", True, n), 2, rate)
             for n, rate in ((1, one_process), (2, two_processes))
         ]
-    return machine.Profile(machine.this_cpu(), torch.__version__, tuple(rates))
+    return machine.Profile(machine.this_cpu(), torch.__version__, tuple(rates), machine.TrainerStep(1.25, 0.002))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -44,11 +45,11 @@ def test_a_config_resolves_from_the_cached_profile_and_the_network_and_keeps_wha
     model = build_model(TINY_GENOME)
     timed = []
 
-    def channels_last_is_faster(network, images, precision):
+    def time_layouts(network, images, precision):
         timed.append((network, images.shape, precision))
-        return False
+        return machine.LayoutTiming(channels_last=0.02, contiguous=0.01)
 
-    monkeypatch.setattr(machine, "channels_last_is_faster", channels_last_is_faster)
+    monkeypatch.setattr(machine, "time_layouts", time_layouts)
     # conftest cached fp32, channels_last, one process for the whole session; the layout is the network's.
     resolved = TrainConfig(epochs=100, batch_size=32).resolved(model, tiny_data.train)
     assert resolved == TrainConfig(epochs=100, batch_size=32, precision="fp32", channels_last=False, processes=1)
@@ -64,22 +65,44 @@ def test_a_config_resolves_from_the_cached_profile_and_the_network_and_keeps_wha
         TrainConfig(epochs=1, precision="fp16")
 
 
-def test_a_network_s_layout_is_the_faster_one_timed_once_and_cached_per_batch_shape(tmp_path, monkeypatch):
+def test_a_training_s_time_is_estimated_from_its_timed_steps_and_the_machine_s_overhead(tiny_data, monkeypatch):
+    model = build_model(TINY_GENOME)
+    threads = []
+
+    def time_layouts(network, images, precision):
+        threads.append(torch.get_num_threads())
+        return machine.LayoutTiming(channels_last=0.02, contiguous=0.01)
+
+    monkeypatch.setattr(machine, "time_layouts", time_layouts)
+    # 1,000 images in batches of 32: 32 steps an epoch; conftest's profile: one process, each trainer
+    # step 1.25 bare steps and 2 ms.
+    config = TrainConfig(epochs=30, batch_size=32)
+    assert config.estimated_seconds(model, tiny_data.train, 1000) == pytest.approx(30 * 32 * (0.01 * 1.25 + 0.002))
+    forced = TrainConfig(epochs=30, batch_size=32, channels_last=True)  # the layout it will train in
+    assert forced.estimated_seconds(model, tiny_data.train, 1000) == pytest.approx(30 * 32 * (0.02 * 1.25 + 0.002))
+    assert threads[-1] == os.cpu_count()  # as a training run gets them, wherever the estimate is made
+
+
+def test_a_network_s_layouts_are_timed_once_and_cached_per_batch_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
     model, images = build_model(TINY_GENOME), torch.rand(16, 1, 28, 28)
-    timed, seconds = [], {True: 2.0, False: 1.0}  # contiguous faster
+    rounds = machine.LAYOUT_ROUNDS
+    timed, seconds = [], {True: 2.0 * rounds, False: 1.0 * rounds}  # contiguous faster
     monkeypatch.setattr(machine, "_layout_step_seconds", lambda *args: timed.append(args[1].shape) or seconds)
-    assert machine.channels_last_is_faster(model, images, "fp32") is False
-    seconds = {True: 1.0, False: 2.0}  # channels-last faster from now on
-    assert machine.channels_last_is_faster(model, images, "fp32") is False  # from the cache
+    assert machine.time_layouts(model, images, "fp32") == machine.LayoutTiming(channels_last=2.0, contiguous=1.0)
+    assert machine.time_layouts(model, images, "fp32").channels_last_is_faster is False
+    seconds = {True: 1.0 * rounds, False: 2.0 * rounds}  # channels-last faster from now on
+    assert machine.time_layouts(model, images, "fp32").channels_last_is_faster is False  # from the cache
     assert len(timed) == 1
-    assert machine.channels_last_is_faster(model, images[:8], "fp32") is True  # another batch shape
+    assert machine.time_layouts(model, images[:8], "fp32").channels_last_is_faster is True  # another batch shape
     other = build_model(Genome(stages=((Block(4),),), dropout=0.05, head="gap"))
-    assert machine.channels_last_is_faster(other, images, "fp32") is True  # another network
+    assert machine.time_layouts(other, images, "fp32").step_seconds(channels_last=True) == 1.0  # another network
     assert len(timed) == 3
-    machine.cache_path(machine.this_cpu(), "layouts").write_text("[torn")
-    assert machine.channels_last_is_faster(model, images, "fp32") is True  # timed again
-    assert len(timed) == 4
+    path = machine.cache_path(machine.this_cpu(), "layouts")
+    for unreadable in ("[torn", json.dumps({key: True for key in json.loads(path.read_text())})):  # or an older cache
+        path.write_text(unreadable)
+        assert machine.time_layouts(model, images, "fp32").channels_last_is_faster is True  # timed again
+    assert len(timed) == 5
 
 
 def test_timing_the_layouts_leaves_the_network_and_the_random_state_alone():
@@ -148,6 +171,7 @@ def test_measure_times_every_precision_and_layout_then_the_split():
     singles = {(r.setting.precision, r.setting.channels_last) for r in profile.rates if r.threads == 1}
     assert singles == {("fp32", True), ("fp32", False), ("bf16", True), ("bf16", False)}
     assert all(r.samples_per_s > 0 for r in profile.rates)
+    assert profile.trainer_step.scale >= 1 and profile.trainer_step.seconds >= 0  # never less than the bare step
     if profile.cpu.cores > 1:
         assert sorted(r.setting.processes for r in profile.rates if r.threads > 1) == [1, 2]
     assert machine.Profile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile

@@ -18,7 +18,7 @@ from nas.genome import Genome, param_count
 from nas.known import designs_to_beat
 from nas.model import build_model, with_normalisation
 from nas.retrain import SPEC_TESTS, RetrainOptions, main, retrain
-from nas.space import SPACES_DIR, load_space
+from nas.space import SPACES_DIR, load_space, parse_space
 from tests.helpers import TINY_GENOME, best_json
 
 RESULT_FILES = {"model.pt2", "weights.pt", "metrics.json", "train.log", "test_model.py"}
@@ -193,6 +193,17 @@ def test_the_final_retrain_trains_on_every_training_image_unless_told_not_to(tmp
     assert everything["data"]["trained_on"].startswith("all") and "(1,200 images)" in everything["data"]["trained_on"]
     assert everything["val_accuracy"] is None  # its validation images were trained on
     assert "(900 images)" in split["data"]["trained_on"] and split["val_accuracy"] is not None
+
+
+def test_a_retrain_is_as_long_as_its_space_plans_and_records_its_estimated_time(tmp_path, tiny_dir):
+    text = (SPACES_DIR / "mnist_20k.toml").read_text().replace("epochs = 19 ", "epochs = 2 ")
+    path = best_json(tmp_path, tiny_dir)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "space": space_record(parse_space(text, "planned"))}))
+    assert main([str(path), "--processes", "1", "--min-accuracy", "0", "--out", str(tmp_path / "planned")]) == 0
+    metrics = json.loads((tmp_path / "planned" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+    assert metrics["estimated_train_seconds"] > 0
+    assert "s of training" in (tmp_path / "planned" / "train.log").read_text().splitlines()[0]
 
 
 def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):

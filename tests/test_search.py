@@ -11,8 +11,8 @@ from nas.report import CSV_COLUMNS, count_states, records
 from nas.search import TrialSlots, main, run_trials
 from nas.space import DEFAULT_SPACE, load_space
 from nas.study import PARENTS, StagedPruner, design_params, make_storage
-from nas.train import DivergedError, Report
-from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, TrialRecord
+from nas.train import DivergedError, Report, TrainConfig
+from nas.trials import KNOWN_DESIGN, MACS_CONSTRAINT, PARAMS_CONSTRAINT, RETRAIN_CONSTRAINT, TrialRecord
 
 # These tests are about the parameter budget and the pruner: no candidate may miss training for its MACs.
 NO_MACS_CAP = 10**12
@@ -94,6 +94,36 @@ def test_a_macs_budget_is_a_second_constraint_checked_before_training(tiny_data)
     for t, record in trained:
         assert t.constraints[MACS_CONSTRAINT] <= 0 and t.constraints[PARAMS_CONSTRAINT] <= 0
         assert record.train_seconds >= 0
+
+
+def test_a_retrain_time_budget_is_a_third_constraint_checked_before_training(tiny_data, monkeypatch):
+    space = load_space(DEFAULT_SPACE, max_macs=NO_MACS_CAP, max_retrain_seconds=100)
+    asked = []
+
+    def estimated_seconds(config, model, data, images):  # a second per hundred parameters
+        asked.append((config.epochs, images))
+        return sum(p.numel() for p in model.parameters()) / 100
+
+    monkeypatch.setattr(TrainConfig, "estimated_seconds", estimated_seconds)
+    spy = SpyTrainer()
+    study = run(Objective(space, tiny_data, seed=0, train_fn=spy), 30)
+
+    # Only a candidate within the parameter budget is timed.
+    timed = [(t, record) for t, record in pairs(study) if record.estimated_retrain_seconds is not None]
+    slow = [(t, record) for t, record in timed if record.estimated_retrain_seconds > 100]
+    fast = [(t, record) for t, record in timed if record.estimated_retrain_seconds <= 100]
+    assert slow and fast, "the space should produce both kinds at this budget"
+    assert len(spy.models) == len(fast)
+    for t, record in slow:
+        assert record.outcome == "over budget" and t.intermediate_values == {}
+        assert t.constraints[RETRAIN_CONSTRAINT] == pytest.approx(
+            record.estimated_retrain_seconds - 100, abs=0.05
+        )  # recorded to 0.1 s
+        assert record.budget_exceeded.startswith("retrain estimated at")
+    for t, record in fast:
+        assert record.outcome == "complete" and t.constraints[RETRAIN_CONSTRAINT] <= 0
+    # The retrain as nas.retrain runs it by default: the space's epochs, on every training image.
+    assert set(asked) == {(19, len(tiny_data.train) + len(tiny_data.val))}
 
 
 def test_pruner_stops_weak_trials_and_they_are_told_apart_from_budget_rejections(tiny_data):

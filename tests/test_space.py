@@ -5,7 +5,7 @@ import pytest
 from nas.errors import UserError
 from nas.genome import Block, Genome, param_count
 from nas.known import by_name, designs_to_beat
-from nas.space import DEFAULT_SPACE, SPACES_DIR, load_space, parse_space
+from nas.space import DEFAULT_SPACE, MAX_EPOCHS, SPACES_DIR, RetrainPlan, load_space, parse_space
 from tests.helpers import random_genomes
 
 DEFAULT_TEXT = DEFAULT_SPACE.read_text()
@@ -53,6 +53,10 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("weight_decay = [1e-5, 1e-4]", "weight_decay = [-1.0, 0.0]"), "weight_decay", "not be negative"),
         (edited("augment_degrees = [4.0, 12.0]", "augment_degrees = [-5.0, 5.0]"), "augment_degrees", "negative"),
         (edited("augment_degrees =", "augment_shift = [-1.0, 2.0]\naugment_degrees ="), "augment_shift", "negative"),
+        (edited("epochs = 19 ", "epochs = 0 "), "retrain.epochs", "at least 1"),
+        (edited("# max_seconds = 300", "max_seconds = 0"), "retrain.max_seconds", "positive"),
+        (edited("# max_seconds = 300", 'max_seconds = "5 min"'), "retrain.max_seconds", "finite number"),
+        (edited("# max_seconds = 300", "minutes = 5"), "retrain", "unknown key 'minutes'"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):
@@ -73,6 +77,16 @@ def test_a_macs_budget_comes_from_the_file_or_the_command_line(tmp_path):
     without = tmp_path / "without.toml"
     without.write_text(DEFAULT_TEXT.replace("max_macs = 2_500_000", "# no MACs budget"))
     assert load_space(without).max_macs is None
+
+
+def test_a_retrain_plan_comes_from_the_file_or_the_command_line_and_may_be_left_out(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text(edited("# max_seconds = 300", "max_seconds = 300"))
+    assert (load_space(path).retrain.epochs, load_space(path).retrain.max_seconds) == (19, 300.0)
+    assert load_space(path, max_retrain_seconds=120).retrain.max_seconds == 120
+    without = tmp_path / "without.toml"
+    without.write_text(DEFAULT_TEXT[: DEFAULT_TEXT.index("[retrain]")])
+    assert load_space(without).retrain == RetrainPlan(epochs=MAX_EPOCHS, max_seconds=None)
 
 
 def test_valid_convs_that_shrink_the_map_away_leave_a_smaller_padded_genome():

@@ -20,6 +20,7 @@ from torch import nn
 
 from nas import trials
 from nas.data import Dataset
+from nas.errors import UserError
 from nas.genome import Block, Genome, param_count
 from nas.model import build_model, count_macs, with_normalisation
 from nas.space import CONV_NAMES, CONVS, PADDING_NAMES, PADDINGS, ArchitectureSpace, SearchSpace, TrainingSpace
@@ -134,7 +135,7 @@ class Objective:
         model = with_normalisation(build_model(genome), self.data.mean, self.data.std)
         max_seconds = self.space.retrain.max_seconds
         if max_seconds is not None:
-            seconds = self.retrain_seconds(model, recipe)
+            seconds = retrain_seconds(model, recipe.batch_size, self.space, self.data, self.precision)
             trials.record_retrain_estimate(trial, seconds, max_seconds)
             if seconds > max_seconds:
                 raise trials.over_budget(trial, f"retrain estimated at {seconds:,.0f} s > budget {max_seconds:,.0f} s")
@@ -164,11 +165,32 @@ class Objective:
             trials.record_train_seconds(trial, time.perf_counter() - start)
         return reports[-1].val_accuracy
 
-    def retrain_seconds(self, model: nn.Module, recipe: Recipe) -> float:
-        """How long nas.retrain would train this candidate here, by default on every training image."""
-        config = recipe.config(epochs=self.space.retrain.epochs, precision=self.precision)
-        images = len(self.data.train) + len(self.data.val)
-        return config.estimated_seconds(model, self.data.train, images)
+
+def retrain_seconds(model: nn.Module, batch_size: int, space: SearchSpace, data: Dataset, precision: str) -> float:
+    """How long nas.retrain would train `model` here by default: the space's planned epochs on every training image.
+
+    The rest of the recipe (learning rate, weight decay, augmentation) leaves the estimate alone.
+    """
+    config = TrainConfig(epochs=space.retrain.epochs, batch_size=batch_size, precision=precision)
+    return config.estimated_seconds(model, data.train, len(data.train) + len(data.val))
+
+
+def check_retrain_reachable(space: SearchSpace, data: Dataset, precision: str = "auto") -> None:
+    """Refuse a retrain time budget that the space's smallest architecture at its largest batch would overrun here."""
+    if space.retrain.max_seconds is None:
+        return
+    smallest = space.smallest_genome()
+    with torch.random.fork_rng(devices=[]):  # its initial weights are of no consequence
+        model = with_normalisation(build_model(smallest), data.mean, data.std)
+    batch_size = max(space.training.batch_size)
+    seconds = retrain_seconds(model, batch_size, space, data, precision)
+    if seconds > space.retrain.max_seconds:
+        raise UserError(
+            f"{space.path}: even the smallest architecture the space allows ({smallest.describe()}) would retrain "
+            f"in about {seconds:,.0f} s on this machine ({space.retrain.epochs} epochs at batch {batch_size}), over "
+            f"the budget of {space.retrain.max_seconds:,.0f} s; raise retrain.max_seconds (--max-retrain-seconds), "
+            "plan fewer retrain epochs, or search on a faster machine"
+        )
 
 
 def worker_peak_rss_mib() -> int | None:

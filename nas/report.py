@@ -143,7 +143,13 @@ def write_report(study: optuna.Study, space: SearchSpace, options: SearchOptions
     out = options.out
     results.write_text(out / "trials.csv", trials_csv(trials))
     if not best_first(trials):
-        console.print("[yellow]no trial completed yet, so no best.json; run the command again to continue[/]")
+        if trials and all(t.outcome in ("over budget", "infeasible") for t in trials):
+            console.print(
+                f"[yellow]no trial completed, so no best.json: all {len(trials)} were over budget or no network; "
+                "loosen the budgets (see trials.csv for by how much) or narrow the space to what fits[/]"
+            )
+        else:
+            console.print("[yellow]no trial completed yet, so no best.json; run the command again to continue[/]")
         return
     console.print(top_trials_table(trials))
     best_path = out / "best.json"

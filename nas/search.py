@@ -31,7 +31,7 @@ from nas import machine, results
 from nas.data import Dataset, load_dataset
 from nas.errors import UserError, cli
 from nas.machine import add_precision_option
-from nas.objective import Objective
+from nas.objective import Objective, check_retrain_reachable
 from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_process
 from nas.report import progress_table, records, trial_line, write_report
 from nas.space import DEFAULT_SPACE, SearchSpace, load_space
@@ -165,6 +165,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     # Loaded once, here: bad data fails before any worker starts or trial is created, and the
     # workers share these tensors (pickled for a spawned process, they move to shared memory).
     data = load_dataset(options.data_dir, options.val_size, options.seed, include_test=False)
+    check_retrain_reachable(space, data, options.precision)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     repaired = repair_journal(options.storage)
     if repaired:

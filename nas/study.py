@@ -177,16 +177,17 @@ def open_study(
     recorded = None if created else _wait_for_record(study)
     if recorded is None:
         _record(study, space, seed, known_designs)
-    elif (recorded["space_sha256"], recorded.get("max_params"), recorded.get("max_macs")) != (
-        space.sha256,
-        space.max_params,
-        space.max_macs,
-    ):
+    elif (
+        recorded["space_sha256"],
+        recorded.get("max_params"),
+        recorded.get("max_macs"),
+        recorded.get("max_retrain_seconds"),
+    ) != (space.sha256, space.max_params, space.max_macs, space.retrain.max_seconds):
         raise UserError(
             f"study {name!r} in {redact(url)} was made with another search space "
             f"or budget ({recorded.get('space_path')}, max {recorded.get('max_params'):,} params, "
-            f"max MACs {recorded.get('max_macs')}); pass the same --space/--max-params/--max-macs, "
-            "or a new --study name"
+            f"max MACs {recorded.get('max_macs')}, max retrain seconds {recorded.get('max_retrain_seconds')}); "
+            "pass the same --space/--max-params/--max-macs/--max-retrain-seconds, or a new --study name"
         )
     return study
 
@@ -200,6 +201,7 @@ def _record(study: optuna.Study, space: SearchSpace, seed: int, known_designs: b
     study.set_user_attr("space_path", space.path)
     study.set_user_attr("max_params", space.max_params)
     study.set_user_attr("max_macs", space.max_macs)
+    study.set_user_attr("max_retrain_seconds", space.retrain.max_seconds)
     study.set_user_attr("seed", seed)
     study.set_user_attr("space_sha256", space.sha256)
 

@@ -212,12 +212,30 @@ def test_bad_options_give_one_line_and_exit_2(extra, problem, tmp_path, capsys):
     assert "secret" not in err
 
 
+def test_a_retrain_time_budget_no_architecture_can_meet_is_refused_before_any_trial(
+    tiny_dir, tiny_space, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(TrainConfig, "estimated_seconds", lambda config, model, data, images: 400.0)
+    argv = ["--trials", "1", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(tmp_path), "--study", "s", "--jobs", "1"]  # fmt: skip
+    assert main([*argv, "--max-retrain-seconds", "300"]) == 2
+    err = capsys.readouterr().err
+    assert "would retrain in about 400 s" in err and "--max-retrain-seconds" in err and err.count("\n") == 1
+    assert not (tmp_path / "study.journal").exists()
+    # Out of reach of every candidate drawn (as the workers estimate it, for real): said so, not "run it again".
+    monkeypatch.setattr("nas.search.check_retrain_reachable", lambda space, data, precision: None)
+    assert main([*argv, "--max-retrain-seconds", "0.001", "--study", "t"]) == 0
+    assert "all 1 were over budget or no network; loosen the budgets" in capsys.readouterr().out
+
+
 def test_resuming_with_another_space_is_refused(tiny_dir, tiny_space, tmp_path, capsys):
     base = ["--trials", "1", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
             "--out", str(tmp_path), "--study", "s", "--jobs", "1"]  # fmt: skip
     assert main([*base, "--max-params", "8000"]) == 0
     journal = (tmp_path / "study.journal").read_bytes()
     assert main([*base, "--max-params", "9000"]) == 2
+    assert "another search space or budget" in capsys.readouterr().err
+    assert main([*base, "--max-params", "8000", "--max-retrain-seconds", "1e6"]) == 2
     assert "another search space or budget" in capsys.readouterr().err
     assert (tmp_path / "study.journal").read_bytes() == journal  # nothing lost or added
 

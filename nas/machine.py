@@ -3,13 +3,15 @@
 These networks' small convolutions run at very different speeds across CPUs. bf16 autocast is
 faster than fp32 where the CPU computes in bf16 natively (AVX-512-BF16, AMX), and 4-6x slower
 where it does not (AVX2-only). Two one-thread replicas beat one two-thread process on some
-machines only. So the first training on a machine times a few steps of each setting (about half
-a minute) and caches the figures per CPU, core count and torch version, outside the repository;
+machines only. So the first training on a machine times a few steps of each setting (about forty
+seconds) and caches the figures per CPU, core count and torch version, outside the repository;
 later runs read the cache.
 
 Channels-last helps or hurts depending on the network as much as the CPU (on one AVX2 EPYC it
 trains the reference network about 20% faster and the shipped 5k and 20k winners slower), so each
-network's layout is timed on its own, in a second or two, and cached beside the profile.
+network's layout is timed on its own, in a second or two, and cached beside the profile. Those
+timed steps, scaled by what the trainer adds to a bare step here (`TrainerStep`), also estimate
+how long a training will take before it starts.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def profile(announce=print) -> Profile:
     """
     cpu = this_cpu()
     path = cache_path(cpu)
-    timing = f"timing training settings on this CPU ({cpu.describe()}); about half a minute"
+    timing = f"timing training settings on this CPU ({cpu.describe()}); about forty seconds"
     measured = None
     try:
         with _locked(path):

@@ -138,14 +138,17 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         processes=options.processes,
         distill_weight=options.distill_weight if options.teacher else 0.0,
     ).resolved(model, data.train)
-    estimated_seconds = config.estimated_seconds(model, data.train, len(data.train))
+    # A test's short training would pay more for the timing than the estimate is worth.
+    images = len(data.train)
+    estimated_seconds = config.estimated_seconds(model, data.train, images) if config.pays_for_timing(images) else None
     log = [
         f"retrain {options.best}"
         + (f" as known design {options.design}" if options.design else "")
         + (f", distilled from {options.teacher}" if options.teacher else "")
         + f": {genome.describe()}, {params:,} params, {epochs} epochs on {len(data.train):,} images, "
         f"seed {options.seed}, {config.precision}{' channels-last' if config.channels_last else ''}, "
-        f"{config.processes} training process(es), about {estimated_seconds:.0f} s of training"
+        f"{config.processes} training process(es)"
+        + (f", about {estimated_seconds:.0f} s of training" if estimated_seconds is not None else "")
     ]
     console.print(log[0])
 
@@ -193,7 +196,8 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "train_seconds": round(train_seconds, 1),
-        "estimated_train_seconds": round(estimated_seconds, 1),  # TrainConfig.estimated_seconds, before training
+        # TrainConfig.estimated_seconds, before training; None for a training too short to time
+        "estimated_train_seconds": round(estimated_seconds, 1) if estimated_seconds is not None else None,
         "seed": options.seed,
         "data": {
             "dir": data_dir,

@@ -89,6 +89,10 @@ class TrainConfig:
         """Optimiser steps in one epoch over `images` training images (the last batch may be short)."""
         return math.ceil(images / self.batch_size)
 
+    def pays_for_timing(self, images: int) -> bool:
+        """Whether training on `images` images is long enough that timing its steps first costs it under 5%."""
+        return self.epochs * self.steps_per_epoch(images) >= machine.MIN_STEPS_TO_TIME_LAYOUT
+
     def resolved(self, model: nn.Module, data: Split) -> TrainConfig:
         """This config with precision, replica count and layout settled: as forced, else as measured here.
 
@@ -100,7 +104,7 @@ class TrainConfig:
             return self
         best = machine.profile().best(self.precision, self.processes)
         layout = self.channels_last
-        if layout is None and self.epochs * self.steps_per_epoch(len(data)) < machine.MIN_STEPS_TO_TIME_LAYOUT:
+        if layout is None and not self.pays_for_timing(len(data)):
             layout = best.channels_last
         if layout is None:
             threads = _replica_threads(best.processes)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -325,7 +326,9 @@ def time_layouts(model: nn.Module, images: torch.Tensor, precision: str) -> Layo
     once per network, batch shape, precision and thread count: the figures are cached, so a rerun
     trains in the same layout (the two round differently) and estimates the same time.
     """
-    key = f"{model!r} {list(images.shape)} {precision} {torch.get_num_threads()} threads"
+    # A dropout rate changes no step's time: mutants that differ only in it share one timing, and so one estimate.
+    architecture = re.sub(r"Dropout\(p=[^,)]*", "Dropout(p=any", repr(model))
+    key = f"{architecture} {list(images.shape)} {precision} {torch.get_num_threads()} threads"
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_path(this_cpu(), "layouts")
     cached = _timing(_read_layouts(path).get(key))

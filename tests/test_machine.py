@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -93,6 +94,8 @@ def test_a_network_s_layouts_are_timed_once_and_cached_per_batch_shape(tmp_path,
     assert machine.time_layouts(model, images, "fp32").channels_last_is_faster is False
     seconds = {True: 1.0 * rounds, False: 2.0 * rounds}  # channels-last faster from now on
     assert machine.time_layouts(model, images, "fp32").channels_last_is_faster is False  # from the cache
+    other_rate = build_model(dataclasses.replace(TINY_GENOME, dropout=TINY_GENOME.dropout / 2))
+    assert machine.time_layouts(other_rate, images, "fp32").channels_last_is_faster is False  # a rate times nothing
     assert len(timed) == 1
     assert machine.time_layouts(model, images[:8], "fp32").channels_last_is_faster is True  # another batch shape
     other = build_model(Genome(stages=((Block(4),),), dropout=0.05, head="gap"))

@@ -290,14 +290,19 @@ def _trainer_step(fastest: Setting, cores: int, seconds: float) -> TrainerStep:
     for batch_size in (SMALL_BATCH_SIZE, REFERENCE_BATCH_SIZE):
         trainer = batch_size / _samples_per_second(fastest, cores, seconds, batch_size)
         data = synthetic_dataset(math.ceil(batch_size / fastest.processes))
-        torch.manual_seed(0)
-        model = with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
+        model = _reference_network(data)
         with torch_threads(max(1, cores // fastest.processes)):
             timed = _layout_step_seconds(model, to_pixels(data.train.images), fastest.precision)
         points.append((timed[fastest.channels_last] / LAYOUT_ROUNDS, trainer))
     (bare_small, small), (bare_large, large) = points
     scale = max(1.0, (large - small) / (bare_large - bare_small))  # the trainer does at least the bare step
     return TrainerStep(scale, max(0.0, large - scale * bare_large))
+
+
+def _reference_network(data: Dataset) -> nn.Module:
+    """The reference network, initialised alike wherever it is timed."""
+    torch.manual_seed(0)
+    return with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
 
 
 class _Enough(Exception):
@@ -399,8 +404,7 @@ def _samples_per_second(
     from nas.train import TrainConfig, train  # here, not at the top: the trainer imports this module
 
     data = synthetic_dataset(2048)
-    torch.manual_seed(0)
-    model = with_normalisation(build_model(REFERENCE_GENOME), data.mean, data.std)
+    model = _reference_network(data)
     # Epochs enough that the fastest setting on any CPU is timed long before training would end.
     config = TrainConfig(epochs=100, batch_size=batch_size, **asdict(setting))
     marks: dict[str, float] = {}

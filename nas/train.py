@@ -93,12 +93,13 @@ class TrainConfig:
         """Whether training on `images` images is long enough that timing its steps first costs it under 5%."""
         return self.epochs * self.steps_per_epoch(images) >= machine.MIN_STEPS_TO_TIME_LAYOUT
 
-    def resolved(self, model: nn.Module, data: Split) -> TrainConfig:
+    def resolved(self, model: nn.Module, data: Split, threads: int | None = None) -> TrainConfig:
         """This config with precision, replica count and layout settled: as forced, else as measured here.
 
         Precision and replicas come from this machine's profile; the layout from timing `model` on
-        one replica's share of a batch of `data`'s images, with one replica's threads, unless the
-        training is too short for the timing to pay (then the profile's layout).
+        one replica's share of a batch of `data`'s images, with one replica's share of `threads`
+        (the training's in all; default: this process's), unless the training is too short for the
+        timing to pay (then the profile's layout).
         """
         if self.precision != "auto" and self.channels_last is not None and self.processes is not None:
             return self
@@ -107,8 +108,8 @@ class TrainConfig:
         if layout is None and not self.pays_for_timing(len(data)):
             layout = best.channels_last
         if layout is None:
-            threads = _replica_threads(best.processes)
-            timing = _layout_timing(model, data, self.batch_size, best.precision, best.processes, threads)
+            replica_threads = _replica_threads(best.processes, threads)
+            timing = _layout_timing(model, data, self.batch_size, best.precision, best.processes, replica_threads)
             layout = timing.channels_last_is_faster
         return dataclasses.replace(self, precision=best.precision, channels_last=layout, processes=best.processes)
 
@@ -119,8 +120,10 @@ class TrainConfig:
         run gets (the cores shared by the replicas), turned into the trainer's steps as this
         machine's profile measured (`trainer_step`): what a search checks a retrain's time budget against.
         """
-        config = self.resolved(model, data)
-        threads = max(1, machine.this_cpu().cores // config.processes)
+        # Timed, and the layout chosen, as the training run would: with every core, wherever this runs.
+        cores = machine.this_cpu().cores
+        config = self.resolved(model, data, threads=cores)
+        threads = _replica_threads(config.processes, cores)
         timing = _layout_timing(model, data, config.batch_size, config.precision, config.processes, threads)
         step_seconds = machine.profile().trainer_step.of(timing.step_seconds(config.channels_last))
         return config.epochs * config.steps_per_epoch(images) * step_seconds
@@ -242,9 +245,9 @@ def _train(
     return reports
 
 
-def _replica_threads(processes: int) -> int:
-    """Torch threads for each of `processes` replicas sharing this process's threads."""
-    return max(1, torch.get_num_threads() // processes)
+def _replica_threads(processes: int, threads: int | None = None) -> int:
+    """Torch threads for each of `processes` replicas sharing `threads` (default: this process's)."""
+    return max(1, (threads or torch.get_num_threads()) // processes)
 
 
 def _helper(rank: int, model: nn.Module, data: Dataset, config: TrainConfig, port: int, threads: int) -> None:

@@ -97,7 +97,7 @@ class RankOptions:
     storage: str
     study: str | None
     retrains: int
-    epochs: int
+    epochs: int | None  # None: as many as the winner's search space plans (Best.retrain_epochs)
     out: Path
 
 
@@ -130,13 +130,14 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True)
     study_name, trials = _load_trials(options.storage, options.study)
     winner = best.load(options.best)
+    epochs = options.epochs or winner.retrain_epochs
     picked = spread_over_ranking(trials, options.retrains)
     results.check_writable(options.out)
     rows = []
     for trial in picked:
         folder = options.out / f"trial{trial.number}"
         metrics_path = folder / "metrics.json"
-        metrics = _earlier_retrain(metrics_path, options.epochs)
+        metrics = _earlier_retrain(metrics_path, epochs)
         if metrics is not None:
             console.print(f"trial {trial.number}: retrained before, reading {metrics_path}")
         else:
@@ -151,7 +152,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
             metrics = retrain(
                 RetrainOptions(
                     best=folder / "best.json",
-                    epochs=options.epochs,
+                    epochs=epochs,
                     out=folder,
                     seed=0,
                     data_dir=None,
@@ -177,7 +178,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     ranking = {
         "study": study_name,
         "trial_epochs": picked[0].epochs_run,
-        "retrain_epochs": options.epochs,
+        "retrain_epochs": epochs,
         "retrained_on": "the training split; validation accuracy on the held-out split, seed 0",
         "spearman": round(correlation, 3),
         "spearman_by_report": spearman_by_report(picked, retrain_accuracies),
@@ -212,12 +213,16 @@ def parse_args(argv: list[str] | None) -> RankOptions:
     parser.add_argument(
         "--retrains", type=int, default=DEFAULT_RETRAINS, help=f"trials to retrain (default {DEFAULT_RETRAINS})"
     )
-    parser.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"retrain epochs (default {MAX_EPOCHS})")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"retrain epochs (default: as best.json's search space plans in [retrain], else {MAX_EPOCHS})",
+    )
     parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
     args = parser.parse_args(argv)
     if args.retrains < 2:
         raise UserError(f"--retrains must be at least 2 to compare rankings, got {args.retrains}")
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     return RankOptions(
         best=args.best,

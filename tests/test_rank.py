@@ -52,12 +52,14 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     tiny_dir, tiny_space, tmp_path, capsys
 ):
     study = tmp_path / "study"
+    tiny_space.write_text(tiny_space.read_text() + "\n[retrain]\nepochs = 1\n")
     search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
                    "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
     assert search_main(search_args) == 0
-    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0
+    assert main([str(study / "best.json"), "--retrains", "3"]) == 0  # as long as the space plans
     ranking = json.loads((study / "ranking" / "ranking.json").read_text())
     assert len(ranking["trials"]) == 3
+    assert ranking["retrain_epochs"] == 1
     assert -1 <= ranking["spearman"] <= 1
     assert ranking["spearman_by_report"][-1]["spearman"] == ranking["spearman"]  # the last report is the score
     scores = [row["trial_val_accuracy"] for row in ranking["trials"]]

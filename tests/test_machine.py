@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -195,3 +197,15 @@ def test_forced_fp32_and_bf16_both_train_to_the_same_accuracy(tiny_data):
     # Seen on an AVX2 EPYC: 55.7% and 53.7% (chance is 10%); bf16 rounds differently, it must not learn worse.
     assert fp32 > 45 and bf16 > 45
     assert bf16 == pytest.approx(fp32, abs=8)
+
+
+@pytest.mark.parametrize("chosen, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_while_they_wait_unless_the_user_chose_otherwise(chosen, expected):
+    env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+    if chosen:
+        env["OMP_WAIT_POLICY"] = chosen
+    # What torch's OpenMP runtime reads as it loads, with the trainer's imports.
+    code = "import os, sys, nas.train; assert 'torch' in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected

@@ -4,8 +4,8 @@ These networks' small convolutions run at very different speeds across CPUs. bf1
 faster than fp32 where the CPU computes in bf16 natively (AVX-512-BF16, AMX), and 4-6x slower
 where it does not (AVX2-only). Two one-thread replicas beat one two-thread process on some
 machines only. So the first training on a machine times a few steps of each setting (about forty
-seconds) and caches the figures per CPU, core count and torch version, outside the repository;
-later runs read the cache.
+seconds) and caches the figures per CPU, core count, torch version and OpenMP wait policy, outside
+the repository; later runs read the cache.
 
 Channels-last helps or hurts depending on the network as much as the CPU (on one AVX2 EPYC it
 trains the reference network about 20% faster and the shipped 5k and 20k winners slower), so each
@@ -165,12 +165,15 @@ class Profile:
 
 
 def cache_path(cpu: Cpu, kind: str = "machine") -> Path:
-    """Per CPU model, SIMD level, core count and torch version: a change of any of them re-measures.
+    """Per CPU model, SIMD level, core count, torch version and OpenMP wait policy: a change of any re-measures.
+
+    The wait policy (nas/__init__.py) changes how fast several threads in one process train.
 
     `kind` names the file: "machine" for the profile, "layouts" for the networks' layouts.
     """
     root = os.environ.get("NAS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nas"
-    key = hashlib.sha256(json.dumps([asdict(cpu), torch.__version__]).encode()).hexdigest()[:16]
+    settings = [asdict(cpu), torch.__version__, os.environ.get("OMP_WAIT_POLICY")]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     return Path(root) / f"{kind}-{key}.json"
 
 

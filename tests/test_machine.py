@@ -165,10 +165,13 @@ def test_a_cache_that_cannot_be_written_is_measured_once(tmp_path, monkeypatch):
     assert len(calls) == 1 and any("No space left" in line for line in lines)
 
 
-def test_the_cache_key_changes_with_the_cpu():
+def test_the_cache_key_changes_with_the_cpu_and_the_openmp_wait_policy(monkeypatch):
     cpu = machine.this_cpu()
     other = machine.Cpu(cpu.model, "AVX512", not cpu.native_bf16, cpu.cores)
     assert machine.cache_path(cpu) != machine.cache_path(other)
+    passive = machine.cache_path(cpu)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert machine.cache_path(cpu) != passive
 
 
 @pytest.mark.slow

@@ -1,13 +1,17 @@
 """Do short trials rank architectures as full training does? Retrain trials across a study and compare.
 
 python -m nas.rank results/mnist_8k/best.json --retrains 6 --epochs 15
+python -m nas.rank results/mnist_8k/best.json --top 3
 
 Takes `--retrains` completed trials spread evenly over the study's ranking (the winner and the
-last included), retrains each in full on the training split only, seed 0, and reports the Spearman
-rank correlation between the trials' scores and the retrains' final validation accuracy: images
-neither the trials nor the retrains trained on; and the same for the trials' earlier reports, a
-hint of whether shorter trials would do. The test set plays no part in the comparison.
-Each retrain lands in <out>/trial<N>/; one already there is read back, not trained again.
+last included), or the `--top` best, retrains each in full on the training split only, seed 0,
+and reports the Spearman rank correlation between the trials' scores and the retrains' final
+validation accuracy: images neither the trials nor the retrains trained on; and the same for the
+trials' earlier reports, a hint of whether shorter trials would do. It names the trial that
+retrained best, whose best.json nas.retrain takes like the search's: where short trials rank the
+leaders within noise of each other, full training picks among them. The test set plays no part.
+Each retrain lands in <out>/trial<N>/; one already there is read back, not trained again, so
+both kinds of pick share the retrains. The summary goes to <out>/ranking.json (with --top: top.json).
 """
 
 from __future__ import annotations
@@ -61,14 +65,16 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / spread
 
 
-def spread_over_ranking(trials: list[TrialRecord], count: int) -> list[TrialRecord]:
-    """`count` completed trials at evenly spaced places in their ranking, best first."""
+def pick_trials(trials: list[TrialRecord], count: int, top: bool) -> list[TrialRecord]:
+    """`count` completed trials, best first: the best ones, or ones at evenly spaced places in their ranking."""
     ranked = best_first(trials)
     if len(ranked) < max(count, 2):
         raise UserError(
             f"the study has {len(ranked)} completed trials, fewer than the {max(count, 2)} to compare; "
-            "run more trials or ask for fewer --retrains"
+            f"run more trials or ask for fewer {'--top' if top else '--retrains'}"
         )
+    if top:
+        return ranked[:count]
     places = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)})
     return [ranked[place] for place in places]
 
@@ -97,6 +103,7 @@ class RankOptions:
     storage: str
     study: str | None
     retrains: int
+    top: bool  # the `retrains` best trials, not `retrains` spread over the ranking
     epochs: int | None  # None: as many as the winner's search space plans (Best.retrain_epochs)
     out: Path
 
@@ -126,12 +133,12 @@ def _earlier_retrain(metrics_path: Path, epochs: int) -> dict | None:
 
 
 def rank(options: RankOptions, console: Console | None = None) -> dict:
-    """Retrain the picked trials (or read back those already retrained) and write ranking.json."""
+    """Retrain the picked trials (or read back those already retrained) and write the summary."""
     console = console or Console(soft_wrap=True)
     study_name, trials = _load_trials(options.storage, options.study)
     winner = best.load(options.best)
     epochs = options.epochs or winner.retrain_epochs
-    picked = spread_over_ranking(trials, options.retrains)
+    picked = pick_trials(trials, options.retrains, options.top)
     results.check_writable(options.out)
     rows = []
     for trial in picked:
@@ -146,7 +153,9 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
                 winner,
                 genome=trial.genome,
                 recipe=trial.recipe,
-                found={"study": study_name, "trial": trial.number, "val_accuracy": trial.accuracy},
+                # the space stays, so nas.retrain trains a pick as long as the space plans
+                found={"study": study_name, "trial": trial.number, "val_accuracy": trial.accuracy}
+                | {key: winner.found[key] for key in ("space",) if key in winner.found},
             )
             candidate.write(folder / "best.json")
             metrics = retrain(
@@ -174,22 +183,33 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
             }
         )
     retrain_accuracies = [r["retrain_val_accuracy"] for r in rows]
-    correlation = spearman([r["trial_val_accuracy"] for r in rows], retrain_accuracies)
+    try:
+        correlation = round(spearman([r["trial_val_accuracy"] for r in rows], retrain_accuracies), 3)
+    except ValueError:  # every trial, or every retrain, scored the same
+        correlation = None
+    first = max(rows, key=lambda r: r["retrain_val_accuracy"])  # a tie goes to the better trial score
     ranking = {
         "study": study_name,
+        "picked": f"the {len(rows)} best trials" if options.top else f"{len(rows)} trials spread over the ranking",
         "trial_epochs": picked[0].epochs_run,
         "retrain_epochs": epochs,
         "retrained_on": "the training split; validation accuracy on the held-out split, seed 0",
-        "spearman": round(correlation, 3),
+        "spearman": correlation,
         "spearman_by_report": spearman_by_report(picked, retrain_accuracies),
+        "best_retrain": {"trial": first["trial"], "best_json": f"trial{first['trial']}/best.json"},
         "trials": rows,
     }
-    results.write_json(options.out / "ranking.json", ranking)
+    summary = options.out / ("top.json" if options.top else "ranking.json")
+    results.write_json(summary, ranking)
     console.print(_table(rows))
-    console.print(f"Spearman rank correlation, trial score vs retrain: {correlation:.2f}")
+    console.print(f"Spearman rank correlation, trial score vs retrain: {correlation}")
     for report in ranking["spearman_by_report"]:
         console.print(f"  scored after {report['trial_epochs']:g} of the trial's epochs: {report['spearman']}")
-    console.print(f"wrote {options.out / 'ranking.json'}")
+    console.print(
+        f"best after full training: trial {first['trial']}, {first['retrain_val_accuracy']:.2f}% validation; "
+        f"next: python -m nas.retrain {options.out / ranking['best_retrain']['best_json']}"
+    )
+    console.print(f"wrote {summary}")
     return ranking
 
 
@@ -210,9 +230,14 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         "--storage", help="the search's journal file or database URL (default: study.journal beside best.json)"
     )
     parser.add_argument("--study", help="study name (default: the storage's only study)")
-    parser.add_argument(
-        "--retrains", type=int, default=DEFAULT_RETRAINS, help=f"trials to retrain (default {DEFAULT_RETRAINS})"
+    picks = parser.add_mutually_exclusive_group()
+    picks.add_argument(
+        "--retrains",
+        type=int,
+        default=DEFAULT_RETRAINS,
+        help=f"trials to retrain, spread over the ranking (default {DEFAULT_RETRAINS})",
     )
+    picks.add_argument("--top", type=int, help="retrain the TOP best trials instead, to pick among the leaders")
     parser.add_argument(
         "--epochs",
         type=int,
@@ -220,15 +245,17 @@ def parse_args(argv: list[str] | None) -> RankOptions:
     )
     parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
     args = parser.parse_args(argv)
-    if args.retrains < 2:
-        raise UserError(f"--retrains must be at least 2 to compare rankings, got {args.retrains}")
+    count, flag = (args.top, "--top") if args.top is not None else (args.retrains, "--retrains")
+    if count < 2:
+        raise UserError(f"{flag} must be at least 2 to compare rankings, got {count}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     return RankOptions(
         best=args.best,
         storage=args.storage or str(args.best.parent / "study.journal"),
         study=args.study,
-        retrains=args.retrains,
+        retrains=count,
+        top=args.top is not None,
         epochs=args.epochs,
         out=args.out or args.best.parent / "ranking",
     )

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from nas import best
 from nas.errors import UserError
-from nas.rank import main, ranks, spearman, spearman_by_report, spread_over_ranking
+from nas.rank import main, pick_trials, ranks, spearman, spearman_by_report
 from nas.search import main as search_main
 from nas.trials import TrialRecord
 from tests.helpers import TINY_GENOME
@@ -31,10 +32,13 @@ def record(number: int, outcome: str, accuracy: float | None, reports: tuple[flo
 
 def test_the_picked_trials_span_the_ranking_from_the_winner_to_the_last():
     trials = [record(n, "complete", 90.0 + n) for n in range(10)] + [record(10, "pruned", 99.9)]
-    picked = spread_over_ranking(trials, 4)
+    picked = pick_trials(trials, 4, top=False)
     assert [t.number for t in picked] == [9, 6, 3, 0]  # ranks 0, 3, 6, 9 of ten; the pruned one never
+    assert [t.number for t in pick_trials(trials, 3, top=True)] == [9, 8, 7]
     with pytest.raises(UserError, match="10 completed trials, fewer than the 11"):
-        spread_over_ranking(trials, 11)
+        pick_trials(trials, 11, top=False)
+    with pytest.raises(UserError, match="fewer --top"):
+        pick_trials(trials, 11, top=True)
 
 
 def test_each_report_ranks_the_trials_against_the_retrains():
@@ -76,10 +80,26 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "2"]) == 0  # another length: redone
     assert "retrained before" not in capsys.readouterr().out
 
+    # The two best trials, to pick between: the winner's retrain of this length is read back.
+    assert main([str(study / "best.json"), "--top", "2", "--epochs", "2"]) == 0
+    assert capsys.readouterr().out.count("retrained before") == 1
+    top = json.loads((study / "ranking" / "top.json").read_text())
+    assert top["picked"] == "the 2 best trials"
+    assert len(top["trials"]) == 2 and top["trials"][0]["trial"] == best.load(study / "best.json").found["trial"]
+    assert top["trials"][1]["trial_val_accuracy"] >= ranking["trials"][1]["trial_val_accuracy"]  # second, not middle
+    assert json.loads((study / "ranking" / "ranking.json").read_text())["retrain_epochs"] == 2  # the spread's own
+    first = max(top["trials"], key=lambda row: row["retrain_val_accuracy"])
+    assert top["best_retrain"] == {"trial": first["trial"], "best_json": f"trial{first['trial']}/best.json"}
+    assert best.load(study / "ranking" / top["best_retrain"]["best_json"]).retrain_epochs == 1  # as its space plans
+
 
 @pytest.mark.parametrize(
     "extra, problem",
-    [(["--retrains", "1"], "--retrains must be at least 2"), ([], "no study journal at")],
+    [
+        (["--retrains", "1"], "--retrains must be at least 2"),
+        (["--top", "1"], "--top must be at least 2"),
+        ([], "no study journal at"),
+    ],
 )
 def test_bad_input_gives_one_line_and_exit_2(extra, problem, tmp_path, capsys):
     best = tmp_path / "best.json"

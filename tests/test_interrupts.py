@@ -33,8 +33,8 @@ def killed_at_the_end(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
 
 
 def start_search(tiny_dir: Path, space: Path, out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
-    # 30 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
-    argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "30",
+    # 15 epochs on the tiny set: a few seconds a trial, long enough to interrupt one mid-run.
+    argv = [sys.executable, "-m", "nas.search", "--trials", str(trials), "--trial-epochs", "15",
             "--space", str(space), "--data-dir", str(tiny_dir), "--val-size", "300", "--out", str(out),
             "--study", "s", "--jobs", str(jobs), "--pruner", "none"]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

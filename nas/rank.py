@@ -187,7 +187,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         correlation = round(spearman([r["trial_val_accuracy"] for r in rows], retrain_accuracies), 3)
     except ValueError:  # every trial, or every retrain, scored the same
         correlation = None
-    first = max(rows, key=lambda r: r["retrain_val_accuracy"])  # a tie goes to the better trial score
+    pick = max(rows, key=lambda r: r["retrain_val_accuracy"])  # a tie goes to the better trial score
     ranking = {
         "study": study_name,
         "picked": f"the {len(rows)} best trials" if options.top else f"{len(rows)} trials spread over the ranking",
@@ -196,7 +196,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         "retrained_on": "the training split; validation accuracy on the held-out split, seed 0",
         "spearman": correlation,
         "spearman_by_report": spearman_by_report(picked, retrain_accuracies),
-        "best_retrain": {"trial": first["trial"], "best_json": f"trial{first['trial']}/best.json"},
+        "best_retrain": {"trial": pick["trial"], "best_json": f"trial{pick['trial']}/best.json"},
         "trials": rows,
     }
     summary = options.out / ("top.json" if options.top else "ranking.json")
@@ -206,7 +206,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     for report in ranking["spearman_by_report"]:
         console.print(f"  scored after {report['trial_epochs']:g} of the trial's epochs: {report['spearman']}")
     console.print(
-        f"best after full training: trial {first['trial']}, {first['retrain_val_accuracy']:.2f}% validation; "
+        f"best after full training: trial {pick['trial']}, {pick['retrain_val_accuracy']:.2f}% validation; "
         f"next: python -m nas.retrain {options.out / ranking['best_retrain']['best_json']}"
     )
     console.print(f"wrote {summary}")

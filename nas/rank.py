@@ -168,6 +168,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
                     max_params=None,
                     min_accuracy=0.0,  # not shipped: these models only measure the ranking
                     train_on="split",
+                    final=False,
                 ),
                 console,
             )

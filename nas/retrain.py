@@ -109,10 +109,13 @@ class RetrainOptions:
     design: str | None = None  # a known design's name: train it instead of best.json's genome, same recipe
     teacher: Path | None = None  # a frozen model.pt2 to distil from
     distill_weight: float = DEFAULT_DISTILL_WEIGHT  # TrainConfig.distill_weight, with a teacher
+    # False: a measuring run (nas.rank compares candidates on validation): the test set is not
+    # even loaded, and nothing is exported, so there is no test figure to choose by
+    final: bool = True
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
-    """Train the search's winner, evaluate once on the test set, write the result files."""
+    """Train the search's winner, evaluate once on the test set, write the result files; a measuring run only records."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
     winner = best.load(options.best)
     max_params = options.max_params or winner.max_params
@@ -123,7 +126,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     teacher, teacher_record = load_teacher(options.teacher) if options.teacher else (None, None)
     results.check_writable(options.out)
     data_dir = str(options.data_dir.resolve()) if options.data_dir else winner.data.dir
-    data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed)
+    data = load_dataset(data_dir, winner.data.val_size, winner.data.split_seed, include_test=options.final)
     if options.train_on == "all":
         data = with_validation_in_training(data)
     if teacher is not None:
@@ -173,12 +176,14 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
 
         reports = train(model, data, config, on_report=on_report, on_step=on_step)
     train_seconds = time.perf_counter() - start
-    test_loss, test_accuracy = evaluate(model, data.test)  # the one look at the test set
-    log.append(
-        f"test: loss {test_loss:.4f}, accuracy {test_accuracy:.2f}% on {len(data.test):,} images "
-        f"(final epoch; {train_seconds:.0f} s of training)"
-    )
-    console.print(log[-1])
+    test_loss = test_accuracy = None
+    if options.final:
+        test_loss, test_accuracy = evaluate(model, data.test)  # the one look at the test set
+        log.append(
+            f"test: loss {test_loss:.4f}, accuracy {test_accuracy:.2f}% on {len(data.test):,} images "
+            f"(final epoch; {train_seconds:.0f} s of training)"
+        )
+        console.print(log[-1])
 
     out = options.out
     metrics = {
@@ -218,14 +223,18 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "command": "python -m nas.retrain " + " ".join(sys.argv[1:]),
         "versions": results.versions(),
     }
-    export_frozen(model, out / "model.pt2")
-    results.write_bytes(out / "weights.pt", _state_dict_bytes(model))
+    if options.final:
+        export_frozen(model, out / "model.pt2")
+        results.write_bytes(out / "weights.pt", _state_dict_bytes(model))
+        results.write_bytes(out / "test_model.py", SPEC_TESTS.read_bytes())
     results.write_json(out / "metrics.json", metrics)
     results.write_text(out / "train.log", "\n".join(log) + "\n")
-    results.write_bytes(out / "test_model.py", SPEC_TESTS.read_bytes())
     plots.plot_training(metrics["history"], out / "training.png")
-    console.print(f"wrote model.pt2, weights.pt, metrics.json, train.log, test_model.py, training.png to {out}")
-    console.print(f"check the spec: pytest {out / 'test_model.py'}")
+    if options.final:
+        console.print(f"wrote model.pt2, weights.pt, test_model.py, metrics.json, train.log, training.png to {out}")
+        console.print(f"check the spec: pytest {out / 'test_model.py'}")
+    else:
+        console.print(f"wrote metrics.json, train.log, training.png to {out}")
     return metrics
 
 

@@ -72,6 +72,8 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
         metrics = json.loads((study / "ranking" / f"trial{row['trial']}" / "metrics.json").read_text())
         assert metrics["val_accuracy"] == row["retrain_val_accuracy"] is not None  # trained on the split only
         assert metrics["data"]["trained_on"].startswith("split")
+        assert metrics["test_accuracy"] is None  # a measuring run: the test set stays unread
+        assert not list((study / "ranking" / f"trial{row['trial']}").glob("*.pt*"))  # and nothing is exported
 
     capsys.readouterr()
     assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0

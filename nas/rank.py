@@ -125,11 +125,11 @@ def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[Tr
 
 
 def _earlier_retrain(metrics_path: Path, epochs: int) -> dict | None:
-    """The metrics a retrain of this length already left there, if any (another length is redone)."""
+    """The metrics a measuring retrain of this length already left there, if any (anything else is redone)."""
     if not metrics_path.is_file():
         return None
     metrics = json.loads(metrics_path.read_text())
-    return metrics if metrics.get("epochs") == epochs else None
+    return metrics if metrics.get("epochs") == epochs and metrics.get("val_accuracy") is not None else None
 
 
 def rank(options: RankOptions, console: Console | None = None) -> dict:
@@ -206,9 +206,10 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     console.print(f"Spearman rank correlation, trial score vs retrain: {correlation}")
     for report in ranking["spearman_by_report"]:
         console.print(f"  scored after {report['trial_epochs']:g} of the trial's epochs: {report['spearman']}")
+    pick_folder = options.out / f"trial{pick['trial']}"
     console.print(
         f"best after full training: trial {pick['trial']}, {pick['retrain_val_accuracy']:.2f}% validation; "
-        f"next: python -m nas.retrain {options.out / ranking['best_retrain']['best_json']}"
+        f"next: python -m nas.retrain {pick_folder / 'best.json'} --out {pick_folder / 'final'}"
     )
     console.print(f"wrote {summary}")
     return ranking

@@ -115,7 +115,7 @@ class RetrainOptions:
 
 
 def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
-    """Train the search's winner, evaluate once on the test set, write the result files; a measuring run only records."""
+    """Train the search's winner, test it once, write the result files; a measuring run only records."""
     console = console or Console(soft_wrap=True)  # long lines stay whole in log files
     winner = best.load(options.best)
     max_params = options.max_params or winner.max_params

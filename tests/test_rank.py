@@ -84,7 +84,8 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
 
     # The two best trials, to pick between: the winner's retrain of this length is read back.
     assert main([str(study / "best.json"), "--top", "2", "--epochs", "2"]) == 0
-    assert capsys.readouterr().out.count("retrained before") == 1
+    printed = capsys.readouterr().out
+    assert printed.count("retrained before") == 1
     top = json.loads((study / "ranking" / "top.json").read_text())
     assert top["picked"] == "the 2 best trials"
     assert len(top["trials"]) == 2 and top["trials"][0]["trial"] == best.load(study / "best.json").found["trial"]
@@ -93,6 +94,8 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     first = max(top["trials"], key=lambda row: row["retrain_val_accuracy"])
     assert top["best_retrain"] == {"trial": first["trial"], "best_json": f"trial{first['trial']}/best.json"}
     assert best.load(study / "ranking" / top["best_retrain"]["best_json"]).retrain_epochs == 1  # as its space plans
+    pick = study / "ranking" / f"trial{first['trial']}"  # its final retrain goes beside, not over, the measuring one
+    assert f"next: python -m nas.retrain {pick / 'best.json'} --out {pick / 'final'}" in printed
 
 
 @pytest.mark.parametrize(

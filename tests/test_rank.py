@@ -4,7 +4,7 @@ import pytest
 
 from nas import best
 from nas.errors import UserError
-from nas.rank import main, pick_trials, ranks, spearman, spearman_by_report
+from nas.rank import _earlier_retrain, main, pick_trials, ranks, spearman, spearman_by_report
 from nas.search import main as search_main
 from nas.trials import TrialRecord
 from tests.helpers import TINY_GENOME
@@ -49,6 +49,16 @@ def test_each_report_ranks_the_trials_against_the_retrains():
         {"trial_epochs": 2.0, "spearman": None},  # a three-way tie ranks nothing
         {"trial_epochs": 3.0, "spearman": 1.0},
     ]
+
+
+def test_only_a_measuring_retrain_of_the_same_length_is_read_back(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    assert _earlier_retrain(metrics, 15) is None
+    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": 99.3}))
+    assert _earlier_retrain(metrics, 15) == {"epochs": 15, "val_accuracy": 99.3}
+    assert _earlier_retrain(metrics, 19) is None  # another length
+    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": None}))  # a final retrain, trained on everything
+    assert _earlier_retrain(metrics, 15) is None
 
 
 @pytest.mark.timeout(300)

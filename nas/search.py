@@ -49,6 +49,7 @@ from nas.study import (
     repair_journal,
 )
 from nas.train import DivergedError
+from nas.trials import TrialRecord
 
 # A user's runs go here, git-ignored; results/ holds the shipped records and changes only on purpose.
 RUNS_DIR = Path("runs")
@@ -190,10 +191,20 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
     ]
     start = time.time()
     interrupted = False
+    logged = set(finished_before)
+
+    def log_finished(trials: list[TrialRecord]) -> None:
+        """A log file gets a line per finished trial (a terminal has the live table)."""
+        if console.is_terminal:
+            return
+        for trial in trials:
+            if trial.finished and trial.number not in logged:
+                console.print(trial_line(trial, time.time() - start))
+                logged.add(trial.number)
+
     with Live(console=console, refresh_per_second=1) as live:
         for worker in workers:
             worker.start()
-        logged = set(finished_before)
         dead: set[int] = set()
         try:
             while any(w.is_alive() for w in workers):
@@ -207,11 +218,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
                         )
                 trials = records(study.get_trials(deepcopy=False))  # polled every second: read, never modified
                 live.update(progress_table(trials, finished_before, options.trials, time.time() - start))
-                if not console.is_terminal:  # a log file gets a line per finished trial
-                    for trial in trials:
-                        if trial.finished and trial.number not in logged:
-                            console.print(trial_line(trial, time.time() - start))
-                            logged.add(trial.number)
+                log_finished(trials)
                 time.sleep(1.0)
         except KeyboardInterrupt:
             interrupted = True
@@ -223,7 +230,9 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
             # A worker killed just as Optuna created its trial left one that names no worker yet.
             time.sleep(UNCLAIMED_SECONDS)
             fail_orphaned_trials(study, options.storage)
-        live.update(progress_table(records(study.trials), finished_before, options.trials, time.time() - start))
+        trials = records(study.trials)
+        log_finished(trials)  # those that finished after the last poll
+        live.update(progress_table(trials, finished_before, options.trials, time.time() - start))
     write_report(study, space, options, console)
     if interrupted:
         raise KeyboardInterrupt

@@ -223,18 +223,18 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "command": "python -m nas.retrain " + " ".join(sys.argv[1:]),
         "versions": results.versions(),
     }
+    written = ["metrics.json", "train.log", "training.png"]
     if options.final:
         export_frozen(model, out / "model.pt2")
         results.write_bytes(out / "weights.pt", _state_dict_bytes(model))
         results.write_bytes(out / "test_model.py", SPEC_TESTS.read_bytes())
+        written = ["model.pt2", "weights.pt", "test_model.py", *written]
     results.write_json(out / "metrics.json", metrics)
     results.write_text(out / "train.log", "\n".join(log) + "\n")
     plots.plot_training(metrics["history"], out / "training.png")
+    console.print(f"wrote {', '.join(written)} to {out}")
     if options.final:
-        console.print(f"wrote model.pt2, weights.pt, test_model.py, metrics.json, train.log, training.png to {out}")
         console.print(f"check the spec: pytest {out / 'test_model.py'}")
-    else:
-        console.print(f"wrote metrics.json, train.log, training.png to {out}")
     return metrics
 
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -303,7 +307,8 @@ class _Exchange:
     def __init__(self, store: dist.Store, rank: int, replicas: int) -> None:
         self.rank, self.replicas = rank, replicas
         try:
-            self.group = dist.ProcessGroupGloo(store, rank, replicas, _timeout())
+            with _stderr_kept_only_on_success():
+                self.group = dist.ProcessGroupGloo(store, rank, replicas, _timeout())
         except RuntimeError:  # gloo's own text names C++ sources; the first replica words it instead
             raise ReplicaLost("while connecting") from None
 
@@ -313,6 +318,27 @@ class _Exchange:
         except RuntimeError:
             raise ReplicaLost("while exchanging gradients") from None
         return vector
+
+
+@contextmanager
+def _stderr_kept_only_on_success() -> Iterator[None]:
+    """Hold back what this process writes to stderr (file descriptor 2) in the block; drop it if the block raises.
+
+    gloo's C++ writes a line to stderr for each failed attempt to connect to a peer, at a level
+    that cannot be turned off; when a peer died, the failure is worded in one line instead.
+    """
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(stderr, 2)
+            os.close(stderr)
+        held.seek(0)
+        with os.fdopen(2, "wb", closefd=False) as out:
+            out.write(held.read())
 
 
 def _share(start: int, stop: int, rank: int, replicas: int) -> slice:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from nas import train as train_module
@@ -115,6 +116,40 @@ def test_a_replica_that_dies_is_reported_at_once(tiny_data):
     with pytest.raises(ReplicaLost, match="a training process was killed"):
         train(build_model(TINY_GENOME), tiny_data, config, on_step=kill_the_other_replica)
     assert time.monotonic() - start < train_module.REPLICA_TIMEOUT_SECONDS  # noticed, not timed out
+    assert multiprocessing.active_children() == []
+
+
+class _KillsThePeerOnceItsAddressIsRead(dist.Store):
+    """The first replica's store: a peer that dies between publishing its address and being connected to."""
+
+    def __init__(self, store: dist.Store) -> None:
+        super().__init__()
+        self.store = store
+
+    def set(self, key: str, value: bytes) -> None:
+        self.store.set(key, value)
+
+    def wait(self, keys: list[str], timeout=None) -> None:
+        self.store.wait(keys)
+
+    def get(self, key: str) -> bytes:
+        address = self.store.get(key)
+        if key != "0/0":  # not the first replica's own
+            for child in multiprocessing.active_children():
+                child.kill()
+                child.join()
+        return address
+
+
+def test_a_replica_that_dies_while_being_connected_to_is_reported_in_one_line(tiny_data, monkeypatch, capfd):
+    """gloo's C++ logs each refused connection to stderr; only ReplicaLost's line may reach the user."""
+    process_group = dist.ProcessGroupGloo
+    monkeypatch.setattr(
+        dist, "ProcessGroupGloo", lambda store, *args: process_group(_KillsThePeerOnceItsAddressIsRead(store), *args)
+    )
+    with pytest.raises(ReplicaLost, match="a training process was killed"):
+        train(build_model(TINY_GENOME), tiny_data, TrainConfig(epochs=1, batch_size=64, processes=2))
+    assert capfd.readouterr().err == ""
     assert multiprocessing.active_children() == []
 
 

@@ -33,7 +33,7 @@ def accuracy_by_size(model) -> float:
 @pytest.mark.parametrize(
     "space_file, kinds",
     [
-        ("mnist_8k.toml", {"width", "padding", "kernel", "insert", "remove", "head", "recipe"}),
+        ("mnist_8k.toml", {"width", "padding", "kernel", "conv", "insert", "remove", "head", "recipe"}),
         ("mnist_5k.toml", {"width", "padding", "kernel", "conv", "insert", "remove", "head", "recipe"}),
     ],
 )

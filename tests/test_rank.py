@@ -4,7 +4,7 @@ import pytest
 
 from nas import best
 from nas.errors import UserError
-from nas.rank import _earlier_retrain, main, pick_trials, ranks, spearman, spearman_by_report
+from nas.rank import _earlier_retrain, best_retrain, main, pick_trials, ranks, seed_folder, spearman, spearman_by_report
 from nas.search import main as search_main
 from nas.trials import TrialRecord
 from tests.helpers import TINY_GENOME
@@ -51,14 +51,43 @@ def test_each_report_ranks_the_trials_against_the_retrains():
     ]
 
 
-def test_only_a_measuring_retrain_of_the_same_length_is_read_back(tmp_path):
+def test_only_a_measuring_retrain_of_the_same_length_and_seed_is_read_back(tmp_path):
     metrics = tmp_path / "metrics.json"
-    assert _earlier_retrain(metrics, 15) is None
-    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": 99.3}))
-    assert _earlier_retrain(metrics, 15) == {"epochs": 15, "val_accuracy": 99.3}
-    assert _earlier_retrain(metrics, 19) is None  # another length
-    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": None}))  # a final retrain, trained on everything
-    assert _earlier_retrain(metrics, 15) is None
+    assert _earlier_retrain(metrics, 15, seed=0) is None
+    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": 99.3, "seed": 0}))
+    assert _earlier_retrain(metrics, 15, seed=0) == {"epochs": 15, "val_accuracy": 99.3, "seed": 0}
+    assert _earlier_retrain(metrics, 19, seed=0) is None  # another length
+    assert _earlier_retrain(metrics, 15, seed=1) is None  # another seed
+    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": None, "seed": 0}))  # a final retrain: trained on all
+    assert _earlier_retrain(metrics, 15, seed=0) is None
+
+
+def test_seed_0_keeps_the_trial_folder_and_other_seeds_go_below_it(tmp_path):
+    assert seed_folder(tmp_path, 6, 0) == tmp_path / "trial6"
+    assert seed_folder(tmp_path, 6, 2) == tmp_path / "trial6" / "seeds" / "seed2"
+
+
+def row(trial: int, *per_seed: float) -> dict:
+    return {
+        "trial": trial,
+        "retrain_val_accuracy": sum(per_seed) / len(per_seed),
+        "retrain_val_accuracy_per_seed": per_seed,
+    }
+
+
+def test_a_lead_counts_only_beyond_the_spread_of_the_seeds():
+    # The 8k case: one seed put trial 6 ahead by 7 images.
+    assert best_retrain([row(0, 99.40), row(6, 99.47)]) == {
+        "trial": 6, "best_json": "trial6/best.json", "lead_over_trial": 0, "lead_points": 0.07,
+        "seed_spread": None, "lead_beyond_seed_spread": None,
+    }  # fmt: skip
+    toss_up = best_retrain([row(0, 99.40, 99.48, 99.44), row(6, 99.47, 99.40, 99.47), row(2, 99.1, 99.1, 99.1)])
+    assert toss_up["trial"] == 6 and toss_up["lead_over_trial"] == 0
+    assert toss_up["lead_points"] == 0.007 and toss_up["seed_spread"] == 0.08
+    assert toss_up["lead_beyond_seed_spread"] is False
+    clear = best_retrain([row(0, 99.30, 99.32, 99.34), row(6, 99.47, 99.45, 99.49)])
+    assert clear["trial"] == 6 and clear["lead_points"] == 0.15 and clear["lead_beyond_seed_spread"] is True
+    assert best_retrain([row(3, 99.4, 99.5), row(4, 99.5, 99.4)])["trial"] == 3  # a tie: the better trial score
 
 
 @pytest.mark.timeout(300)
@@ -80,7 +109,8 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     assert scores == sorted(scores, reverse=True)
     for row in ranking["trials"]:
         metrics = json.loads((study / "ranking" / f"trial{row['trial']}" / "metrics.json").read_text())
-        assert metrics["val_accuracy"] == row["retrain_val_accuracy"] is not None  # trained on the split only
+        assert row["retrain_val_accuracy_per_seed"] == [metrics["val_accuracy"]]  # seed 0 only
+        assert metrics["val_accuracy"] == pytest.approx(row["retrain_val_accuracy"], abs=1e-3)  # on the split only
         assert metrics["data"]["trained_on"].startswith("split")
         assert metrics["test_accuracy"] is None  # a measuring run: the test set stays unread
         assert not list((study / "ranking" / f"trial{row['trial']}").glob("*.pt*"))  # and nothing is exported
@@ -102,10 +132,27 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     assert top["trials"][1]["trial_val_accuracy"] >= ranking["trials"][1]["trial_val_accuracy"]  # second, not middle
     assert json.loads((study / "ranking" / "ranking.json").read_text())["retrain_epochs"] == 2  # the spread's own
     first = max(top["trials"], key=lambda row: row["retrain_val_accuracy"])
-    assert top["best_retrain"] == {"trial": first["trial"], "best_json": f"trial{first['trial']}/best.json"}
+    assert top["best_retrain"]["trial"] == first["trial"]
+    assert top["best_retrain"]["best_json"] == f"trial{first['trial']}/best.json"
+    assert top["best_retrain"]["seed_spread"] is None  # one seed
     assert best.load(study / "ranking" / top["best_retrain"]["best_json"]).retrain_epochs == 1  # as its space plans
     pick = study / "ranking" / f"trial{first['trial']}"  # its final retrain goes beside, not over, the measuring one
     assert f"next: python -m nas.retrain {pick / 'best.json'} --out {pick / 'final'}" in printed
+
+    # Two seeds each: seed 0 is read back, seed 1 lands below the trial's folder, and the mean ranks.
+    assert main([str(study / "best.json"), "--top", "2", "--epochs", "2", "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("retrained before") == 2 and "seeds' spread" in printed
+    top = json.loads((study / "ranking" / "top.json").read_text())
+    assert "the mean of seeds 0-1" in top["retrained_on"]
+    for row in top["trials"]:
+        folder = study / "ranking" / f"trial{row['trial']}"
+        seed1 = json.loads((folder / "seeds" / "seed1" / "metrics.json").read_text())
+        assert seed1["seed"] == 1 and seed1["test_accuracy"] is None
+        per_seed = [json.loads((folder / "metrics.json").read_text())["val_accuracy"], seed1["val_accuracy"]]
+        assert row["retrain_val_accuracy_per_seed"] == per_seed
+        assert row["retrain_val_accuracy"] == pytest.approx(sum(per_seed) / 2, abs=1e-3)
+    assert top["best_retrain"]["seed_spread"] is not None
 
 
 @pytest.mark.parametrize(
@@ -113,6 +160,7 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     [
         (["--retrains", "1"], "--retrains must be at least 2"),
         (["--top", "1"], "--top must be at least 2"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
         ([], "no study journal at"),
     ],
 )

@@ -24,7 +24,9 @@ from nas.train import REPLICA_TIMEOUT_SECONDS
 from tests.helpers import best_json
 from tests.test_interrupts import live_processes_in_group, start_search, trials
 
-KILLS = 8
+# Seconds from a replica's start to its kill: spawning and importing, meeting the first replica
+# (that window also has a deterministic test in test_train.py), training, evaluating.
+KILL_MOMENTS = (0.0, 0.9, 1.8, 2.7, 3.6)
 
 
 @contextmanager
@@ -62,18 +64,17 @@ def wait_for_children(pid: int, timeout: float = 60) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(KILLS * (REPLICA_TIMEOUT_SECONDS + 60))
+@pytest.mark.timeout(len(KILL_MOMENTS) * (REPLICA_TIMEOUT_SECONDS + 60))
 def test_a_replica_killed_at_any_moment_ends_the_retrain_with_one_line(tiny_dir, tmp_path):
-    rng = random.Random(0)
     argv = [sys.executable, "-m", "nas.retrain", str(best_json(tmp_path, tiny_dir)), "--epochs", "200",
             "--processes", "2", "--out", str(tmp_path / "out")]  # fmt: skip
     outcomes = []
     with cpu_hog():
-        for _ in range(KILLS):
+        for moment in KILL_MOMENTS:
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                        start_new_session=True)  # fmt: skip
             (replica,) = wait_for_children(process.pid)
-            time.sleep(rng.uniform(0, 4))  # while it imports, meets the others, trains or evaluates
+            time.sleep(moment)
             os.kill(replica, signal.SIGKILL)
             killed = time.monotonic()
             _, err = process.communicate(timeout=REPLICA_TIMEOUT_SECONDS + 30)

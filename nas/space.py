@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 import os
 import tomllib
@@ -105,8 +106,15 @@ class SearchSpace:
 
     @property
     def sha256(self) -> str:
-        """Of the file's text: a study records it and refuses to resume with a different space."""
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        """Of the file's settings, not its text: a study records it and refuses to resume with a
+        different space, but not over a comment edited or a line re-wrapped."""
+        settings = json.dumps(tomllib.loads(self.text), sort_keys=True)
+        return hashlib.sha256(settings.encode()).hexdigest()
+
+    def is_recorded_as(self, sha256: str) -> bool:
+        """Whether a study's recorded hash is this space's; studies made before `sha256` hashed the
+        settings recorded the text's, and still resume with the very same file."""
+        return sha256 in (self.sha256, hashlib.sha256(self.text.encode()).hexdigest())
 
     def smallest_genome(self) -> Genome:
         """The architecture with the fewest parameters this space can produce."""

@@ -177,12 +177,11 @@ def open_study(
     recorded = None if created else _wait_for_record(study)
     if recorded is None:
         _record(study, space, seed, known_designs)
-    elif (
-        recorded["space_sha256"],
+    elif not space.is_recorded_as(recorded["space_sha256"]) or (
         recorded.get("max_params"),
         recorded.get("max_macs"),
         recorded.get("max_retrain_seconds"),
-    ) != (space.sha256, space.max_params, space.max_macs, space.retrain.max_seconds):
+    ) != (space.max_params, space.max_macs, space.retrain.max_seconds):
         raise UserError(
             f"study {name!r} in {redact(url)} was made with another search space "
             f"or budget ({recorded.get('space_path')}, max {recorded.get('max_params'):,} params, "

@@ -1,6 +1,7 @@
 """Known designs as data: each one is a draw of the spaces that can hold it, and a new study starts with them."""
 
 import dataclasses
+import hashlib
 import re
 import threading
 
@@ -103,6 +104,29 @@ def test_a_study_whose_creator_died_before_recording_is_recorded_by_the_next_wor
     study = open_study("s", url, space, "median", seed=0)
     assert study.user_attrs["space_sha256"] == space.sha256
     assert len(study.trials) == len(designs_to_beat(space))
+
+
+def test_a_study_resumes_when_its_space_files_comments_change_but_not_its_settings(tmp_path):
+    text = (SPACES_DIR / "mnist_20k.toml").read_text()
+    url = str(tmp_path / "study.journal")
+    made = open_study("s", url, parse_space(text, "made"), "median", seed=0, known_designs=False)
+    reworded = parse_space("# reworded\n" + text.replace("# ", "#  ").replace(" = ", "="), "reworded")
+    assert open_study("s", url, reworded, "median", seed=0, known_designs=False).user_attrs == made.user_attrs
+    changed = parse_space(text.replace("[trial]\nepochs = 3", "[trial]\nepochs = 4"), "changed")
+    with pytest.raises(UserError, match="another search space or budget"):
+        open_study("s", url, changed, "median", seed=0, known_designs=False)
+
+
+def test_a_study_that_recorded_its_space_files_text_resumes_with_that_very_file(tmp_path):
+    space = load_space(SPACES_DIR / "mnist_20k.toml")
+    url = str(tmp_path / "study.journal")
+    open_study("s", url, space, "median", seed=0, known_designs=False)
+    study = optuna.load_study(study_name="s", storage=study_module.make_storage(url))
+    study.set_user_attr("space_sha256", hashlib.sha256(space.text.encode()).hexdigest())  # as studies did before
+    open_study("s", url, space, "median", seed=0, known_designs=False)
+    reworded = parse_space("# reworded\n" + space.text, "reworded")
+    with pytest.raises(UserError, match="another search space or budget"):  # its text is all it recorded
+        open_study("s", url, reworded, "median", seed=0, known_designs=False)
 
 
 def test_known_designs_can_be_left_out(tmp_path):

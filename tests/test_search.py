@@ -237,6 +237,9 @@ def test_resuming_with_another_space_is_refused(tiny_dir, tiny_space, tmp_path, 
     assert "another search space or budget" in capsys.readouterr().err
     assert main([*base, "--max-params", "8000", "--max-retrain-seconds", "1e6"]) == 2
     assert "another search space or budget" in capsys.readouterr().err
+    tiny_space.write_text(tiny_space.read_text().replace("epochs = 1", "epochs = 2"))
+    assert main([*base, "--max-params", "8000"]) == 2  # a setting in the file changed
+    assert "another search space or budget" in capsys.readouterr().err
     assert (tmp_path / "study.journal").read_bytes() == journal  # nothing lost or added
 
 

@@ -19,7 +19,6 @@ summary goes to <out>/ranking.json (with --top: top.json).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -30,7 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nas import best, results
-from nas.errors import UserError, cli
+from nas.errors import ArgumentParser, UserError, cli
+from nas.machine import add_precision_option
 from nas.report import records
 from nas.retrain import MAX_EPOCHS, RetrainOptions, retrain
 from nas.study import is_database, make_storage, redact
@@ -110,6 +110,7 @@ class RankOptions:
     seeds: int  # each trial retrains with seeds 0 to seeds - 1; its score is their mean
     epochs: int | None  # None: as many as the winner's search space plans (Best.retrain_epochs)
     out: Path
+    precision: str = "auto"  # TrainConfig.precision; force one to compare with retrains from another CPU
 
 
 def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[TrialRecord]]:
@@ -138,12 +139,13 @@ def seed_folder(out: Path, trial: int, seed: int) -> Path:
     return folder if seed == 0 else folder / "seeds" / f"seed{seed}"
 
 
-def _earlier_retrain(metrics_path: Path, epochs: int, seed: int) -> dict | None:
-    """The metrics a measuring retrain of this length and seed already left there, if any (anything else is redone)."""
+def _earlier_retrain(metrics_path: Path, epochs: int, seed: int, precision: str) -> dict | None:
+    """The metrics a measuring retrain of this length, seed and precision left there, if any (else it is redone)."""
     if not metrics_path.is_file():
         return None
     metrics = json.loads(metrics_path.read_text())
     same = metrics.get("epochs") == epochs and metrics.get("seed", 0) == seed
+    same = same and precision in ("auto", metrics.get("train", {}).get("precision"))
     return metrics if same and metrics.get("val_accuracy") is not None else None
 
 
@@ -168,11 +170,12 @@ def best_retrain(rows: list[dict]) -> dict:
 
 
 def _measure(
-    trial: TrialRecord, seed: int, winner: best.Best, study_name: str, epochs: int, out: Path, console: Console
+    trial: TrialRecord, seed: int, winner: best.Best, study_name: str, options: RankOptions, console: Console
 ) -> dict:
     """One measuring retrain of a trial, or the metrics of the one already there."""
+    epochs, out = options.epochs, options.out
     folder = seed_folder(out, trial.number, seed)
-    metrics = _earlier_retrain(folder / "metrics.json", epochs, seed)
+    metrics = _earlier_retrain(folder / "metrics.json", epochs, seed, options.precision)
     if metrics is not None:
         console.print(f"trial {trial.number} seed {seed}: retrained before, reading {folder / 'metrics.json'}")
         return metrics
@@ -196,6 +199,7 @@ def _measure(
             data_dir=None,
             max_params=None,
             min_accuracy=0.0,  # not shipped: these models only measure the ranking
+            precision=options.precision,
             train_on="split",
             final=False,
         ),
@@ -208,14 +212,13 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     console = console or Console(soft_wrap=True)
     study_name, trials = _load_trials(options.storage, options.study)
     winner = best.load(options.best)
-    epochs = options.epochs or winner.retrain_epochs
+    options = dataclasses.replace(options, epochs=options.epochs or winner.retrain_epochs)
+    epochs = options.epochs
     picked = pick_trials(trials, options.retrains, options.top)
     results.check_writable(options.out)
     rows = []
     for trial in picked:
-        runs = [
-            _measure(trial, seed, winner, study_name, epochs, options.out, console) for seed in range(options.seeds)
-        ]
+        runs = [_measure(trial, seed, winner, study_name, options, console) for seed in range(options.seeds)]
         accuracies = [metrics["val_accuracy"] for metrics in runs]
         rows.append(
             {
@@ -282,7 +285,7 @@ def _table(rows: list[dict]) -> Table:
 
 
 def parse_args(argv: list[str] | None) -> RankOptions:
-    parser = argparse.ArgumentParser(prog="nas.rank", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="nas.rank", description=__doc__.split("\n\n")[0])
     parser.add_argument("best", type=Path, help="best.json written by nas.search (its data split and budget)")
     parser.add_argument(
         "--storage", help="the search's journal file or database URL (default: study.journal beside best.json)"
@@ -308,6 +311,7 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         help=f"retrain epochs (default: as best.json's search space plans in [retrain], else {MAX_EPOCHS})",
     )
     parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
+    add_precision_option(parser)
     args = parser.parse_args(argv)
     count, flag = (args.top, "--top") if args.top is not None else (args.retrains, "--retrains")
     if count < 2:
@@ -325,6 +329,7 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         seeds=args.seeds,
         epochs=args.epochs,
         out=args.out or args.best.parent / "ranking",
+        precision=args.precision,
     )
 
 

@@ -51,15 +51,18 @@ def test_each_report_ranks_the_trials_against_the_retrains():
     ]
 
 
-def test_only_a_measuring_retrain_of_the_same_length_and_seed_is_read_back(tmp_path):
+def test_only_a_measuring_retrain_of_the_same_length_seed_and_precision_is_read_back(tmp_path):
     metrics = tmp_path / "metrics.json"
-    assert _earlier_retrain(metrics, 15, seed=0) is None
-    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": 99.3, "seed": 0}))
-    assert _earlier_retrain(metrics, 15, seed=0) == {"epochs": 15, "val_accuracy": 99.3, "seed": 0}
-    assert _earlier_retrain(metrics, 19, seed=0) is None  # another length
-    assert _earlier_retrain(metrics, 15, seed=1) is None  # another seed
-    metrics.write_text(json.dumps({"epochs": 15, "val_accuracy": None, "seed": 0}))  # a final retrain: trained on all
-    assert _earlier_retrain(metrics, 15, seed=0) is None
+    assert _earlier_retrain(metrics, 15, seed=0, precision="auto") is None
+    earlier = {"epochs": 15, "val_accuracy": 99.3, "seed": 0, "train": {"precision": "fp32"}}
+    metrics.write_text(json.dumps(earlier))
+    assert _earlier_retrain(metrics, 15, seed=0, precision="auto") == earlier
+    assert _earlier_retrain(metrics, 15, seed=0, precision="fp32") == earlier
+    assert _earlier_retrain(metrics, 15, seed=0, precision="bf16") is None  # forced to another precision
+    assert _earlier_retrain(metrics, 19, seed=0, precision="auto") is None  # another length
+    assert _earlier_retrain(metrics, 15, seed=1, precision="auto") is None  # another seed
+    metrics.write_text(json.dumps(earlier | {"val_accuracy": None}))  # a final retrain: trained on all
+    assert _earlier_retrain(metrics, 15, seed=0, precision="auto") is None
 
 
 def test_seed_0_keeps_the_trial_folder_and_other_seeds_go_below_it(tmp_path):

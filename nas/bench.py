@@ -10,7 +10,6 @@ one chosen, and refreshes the cached choice the trainer uses.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import resource
 import sys
@@ -29,7 +28,7 @@ from torchvision import transforms
 
 from nas import machine, results
 from nas.data import Dataset, Split, load_dataset
-from nas.errors import cli
+from nas.errors import ArgumentParser, cli
 from nas.machine import Setting
 from nas.model import Normalize
 from nas.processes import threads_per_process
@@ -195,7 +194,7 @@ def peak_rss_mib() -> int:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nas.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="nas.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k training images and 4-trial searches")
     parser.add_argument("--trials", type=int, default=8, help="trials in each timed search")
     parser.add_argument("--json", type=Path, default=Path("runs/bench.json"), help="where to write the figures")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -23,6 +25,13 @@ def read_user_text(path: Path, what: str, fix: str) -> str:
 
 
 EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose bad input is one UserError like any other, not a usage screen."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}; see python -m {self.prog} --help")
 
 
 def cli(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

@@ -5,7 +5,6 @@ python -m nas.retrain runs/mnist_20k/best.json
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
@@ -21,7 +20,7 @@ from torch import nn
 
 from nas import best, known, plots, results
 from nas.data import Split, load_dataset, to_pixels, with_validation_in_training
-from nas.errors import UserError, cli
+from nas.errors import ArgumentParser, UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
 from nas.machine import add_precision_option
 from nas.model import build_model, count_macs, with_normalisation
@@ -245,7 +244,7 @@ def _state_dict_bytes(model: nn.Module) -> bytes:
 
 
 def parse_args(argv: list[str] | None) -> RetrainOptions:
-    parser = argparse.ArgumentParser(prog="nas.retrain", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="nas.retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("best", type=Path, help="best.json written by nas.search")
     parser.add_argument(
         "--epochs",

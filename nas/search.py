@@ -10,7 +10,6 @@ the trainer knows nothing of it.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import multiprocessing as mp
 import random
@@ -29,7 +28,7 @@ from rich.live import Live
 
 from nas import machine, results
 from nas.data import Dataset, load_dataset
-from nas.errors import UserError, cli
+from nas.errors import ArgumentParser, UserError, cli
 from nas.machine import add_precision_option
 from nas.objective import Objective, check_retrain_reachable
 from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, threads_per_process
@@ -240,7 +239,7 @@ def search(options: SearchOptions, console: Console | None = None) -> optuna.Stu
 
 
 def parse_args(argv: list[str] | None) -> SearchOptions:
-    parser = argparse.ArgumentParser(prog="nas.search", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="nas.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50, help="trials to add to the study (default 50)")
     parser.add_argument(
         "--timeout",

@@ -5,7 +5,6 @@ python -m nas.show results/mnist_20k/best.json
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas import best
-from nas.errors import cli
+from nas.errors import ArgumentParser, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, Genome, param_count
 from nas.model import build_model, macs_by_layer
 
@@ -60,7 +59,7 @@ def layer_table(genome: Genome) -> Table:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nas.show", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="nas.show", description=__doc__.split("\n\n")[0])
     parser.add_argument("best", type=Path, help="best.json written by nas.search")
     args = parser.parse_args(argv)
     winner = best.load(args.best)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from nas import retrain, search
+from nas import bench, rank, retrain, search, show
 from nas.data import FILE_STEMS
 from nas.space import SPACES_DIR
 from tests.helpers import best_json
@@ -193,3 +193,26 @@ def test_every_idx_header_mutation_exits_2_with_one_line(tmp_path, tiny_dir, cap
 
     failures = sweep(mutations(), check)
     assert not failures, report(failures)
+
+
+ARGPARSE_ERRORS = [
+    (search, ["--bogus"], "--bogus"),
+    (search, ["--trials", "many"], "'many'"),
+    (bench, ["--trials", "many"], "'many'"),
+    (retrain, ["best.json", "--epochs", "many"], "'many'"),
+    (retrain, ["best.json", "--train-on", "everything"], "'everything'"),
+    (rank, ["best.json", "--seeds", "many"], "'many'"),
+    (rank, ["best.json", "--top", "2", "--retrains", "5"], "not allowed with"),
+    (show, [], "required: best"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "named"), ARGPARSE_ERRORS, ids=lambda x: " ".join(x) if isinstance(x, list) else None
+)
+def test_argparse_errors_are_one_line_naming_the_problem_and_help(command, argv, named, capsys):
+    """argparse's own errors end as every other bad input does: one line and exit 2, not a usage screen."""
+    assert command.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert named in err and f"see python -m {command.__name__} --help" in err

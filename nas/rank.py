@@ -2,9 +2,10 @@
 
 python -m nas.rank results/mnist_8k/best.json --retrains 6 --epochs 15
 python -m nas.rank results/mnist_8k/best.json --top 2 --seeds 3
+python -m nas.rank results/mnist_8k/best.json --trials 2 6 --seeds 3
 
 Takes `--retrains` completed trials spread evenly over the study's ranking (the winner and the
-last included), or the `--top` best, retrains each in full on the training split only, with
+last included), the `--top` best, or the `--trials` named, retrains each in full on the training split only, with
 seeds 0 to `--seeds` - 1, and reports the Spearman rank correlation between the trials' scores and
 the retrains' final validation accuracy (the mean over the seeds): images neither the trials nor
 the retrains trained on; and the same for the trials' earlier reports, a hint of whether shorter
@@ -14,7 +15,7 @@ among them; with more than one seed it also says whether the pick's lead exceeds
 spread, as one seed's lead of a few images has not held up on the test set. The test set plays no
 part. A trial's seed 0 lands in <out>/trial<N>/, another seed S in <out>/trial<N>/seeds/seed<S>/;
 one already there is read back, not trained again, so both kinds of pick share the retrains. The
-summary goes to <out>/ranking.json (with --top: top.json).
+summary goes to <out>/ranking.json (with --top: top.json; with --trials 2 6: trials2-6.json).
 """
 
 from __future__ import annotations
@@ -68,9 +69,16 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / spread
 
 
-def pick_trials(trials: list[TrialRecord], count: int, top: bool) -> list[TrialRecord]:
-    """`count` completed trials, best first: the best ones, or ones at evenly spaced places in their ranking."""
+def pick_trials(trials: list[TrialRecord], count: int, top: bool, numbers: tuple[int, ...] = ()) -> list[TrialRecord]:
+    """Completed trials, best first: those `numbers` name, else `count` best, else `count` spread over the ranking."""
     ranked = best_first(trials)
+    if numbers:
+        missing = sorted(set(numbers) - {trial.number for trial in ranked})
+        if missing:
+            raise UserError(
+                f"trial {missing[0]} is not a completed trial of the study; --trials takes numbers from its ranking"
+            )
+        return [trial for trial in ranked if trial.number in numbers]
     if len(ranked) < max(count, 2):
         raise UserError(
             f"the study has {len(ranked)} completed trials, fewer than the {max(count, 2)} to compare; "
@@ -110,6 +118,7 @@ class RankOptions:
     seeds: int  # each trial retrains with seeds 0 to seeds - 1; its score is their mean
     epochs: int | None  # None: as many as the winner's search space plans (Best.retrain_epochs)
     out: Path
+    numbers: tuple[int, ...] = ()  # these trials instead (--trials), e.g. an earlier run's leaders
     precision: str = "auto"  # TrainConfig.precision; force one to compare with retrains from another CPU
 
 
@@ -214,7 +223,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     winner = best.load(options.best)
     options = dataclasses.replace(options, epochs=options.epochs or winner.retrain_epochs)
     epochs = options.epochs
-    picked = pick_trials(trials, options.retrains, options.top)
+    picked = pick_trials(trials, options.retrains, options.top, options.numbers)
     results.check_writable(options.out)
     rows = []
     for trial in picked:
@@ -241,7 +250,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     pick = best_retrain(rows)
     ranking = {
         "study": study_name,
-        "picked": f"the {len(rows)} best trials" if options.top else f"{len(rows)} trials spread over the ranking",
+        "picked": _picked(options, len(rows)),
         "trial_epochs": picked[0].epochs_run,
         "retrain_epochs": epochs,
         "retrained_on": f"the training split; validation accuracy on the held-out split, {seeds}",
@@ -250,7 +259,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         "best_retrain": pick,
         "trials": rows,
     }
-    summary = options.out / ("top.json" if options.top else "ranking.json")
+    summary = options.out / _summary_name(options)
     results.write_json(summary, ranking)
     console.print(_table(rows))
     console.print(f"Spearman rank correlation, trial score vs retrain: {correlation}")
@@ -272,6 +281,18 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     )
     console.print(f"wrote {summary}")
     return ranking
+
+
+def _picked(options: RankOptions, count: int) -> str:
+    if options.numbers:
+        return f"trials {', '.join(map(str, options.numbers))}, named"
+    return f"the {count} best trials" if options.top else f"{count} trials spread over the ranking"
+
+
+def _summary_name(options: RankOptions) -> str:
+    if options.numbers:
+        return f"trials{'-'.join(map(str, sorted(options.numbers)))}.json"
+    return "top.json" if options.top else "ranking.json"
 
 
 def _table(rows: list[dict]) -> Table:
@@ -299,6 +320,13 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         help=f"trials to retrain, spread over the ranking (default {DEFAULT_RETRAINS})",
     )
     picks.add_argument("--top", type=int, help="retrain the TOP best trials instead, to pick among the leaders")
+    picks.add_argument(
+        "--trials",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="retrain these trials (by number) instead, e.g. an earlier run's leaders, to settle them with --seeds",
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -313,7 +341,12 @@ def parse_args(argv: list[str] | None) -> RankOptions:
     parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
     add_precision_option(parser)
     args = parser.parse_args(argv)
-    count, flag = (args.top, "--top") if args.top is not None else (args.retrains, "--retrains")
+    if args.trials is not None:
+        count, flag = len(set(args.trials)), "--trials"
+    elif args.top is not None:
+        count, flag = args.top, "--top"
+    else:
+        count, flag = args.retrains, "--retrains"
     if count < 2:
         raise UserError(f"{flag} must be at least 2 to compare rankings, got {count}")
     if args.seeds < 1:
@@ -326,6 +359,7 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         study=args.study,
         retrains=count,
         top=args.top is not None,
+        numbers=tuple(sorted(set(args.trials or ()))),
         seeds=args.seeds,
         epochs=args.epochs,
         out=args.out or args.best.parent / "ranking",

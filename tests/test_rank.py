@@ -39,6 +39,9 @@ def test_the_picked_trials_span_the_ranking_from_the_winner_to_the_last():
         pick_trials(trials, 11, top=False)
     with pytest.raises(UserError, match="fewer --top"):
         pick_trials(trials, 11, top=True)
+    assert [t.number for t in pick_trials(trials, 2, top=False, numbers=(2, 7))] == [7, 2]  # best first
+    with pytest.raises(UserError, match="trial 10 is not a completed trial"):
+        pick_trials(trials, 2, top=False, numbers=(2, 10))
 
 
 def test_each_report_ranks_the_trials_against_the_retrains():
@@ -157,12 +160,21 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
         assert row["retrain_val_accuracy"] == pytest.approx(sum(per_seed) / 2, abs=1e-3)
     assert top["best_retrain"]["seed_spread"] is not None
 
+    # Named trials share those retrains and get their own summary.
+    numbers = sorted(row["trial"] for row in top["trials"])
+    assert main([str(study / "best.json"), "--trials", *map(str, numbers), "--epochs", "2", "--seeds", "2"]) == 0
+    assert capsys.readouterr().out.count("retrained before") == 4
+    named = json.loads((study / "ranking" / f"trials{numbers[0]}-{numbers[1]}.json").read_text())
+    assert named["picked"] == f"trials {numbers[0]}, {numbers[1]}, named"
+    assert named["trials"] == top["trials"]
+
 
 @pytest.mark.parametrize(
     "extra, problem",
     [
         (["--retrains", "1"], "--retrains must be at least 2"),
         (["--top", "1"], "--top must be at least 2"),
+        (["--trials", "3", "3"], "--trials must be at least 2"),
         (["--seeds", "0"], "--seeds must be at least 1"),
         ([], "no study journal at"),
     ],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -131,7 +130,7 @@ def best_of(study: optuna.Study, space: SearchSpace, options: SearchOptions) -> 
             "trial_epochs": space.trial.epochs,
             "space": space_record(space),
             "seed": options.seed,
-            "command": "python -m nas.search " + " ".join(sys.argv[1:]),
+            "command": results.command_line(),
             "versions": results.versions(),
         },
     )

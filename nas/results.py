@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,3 +56,10 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def command_line() -> str:
+    """The running command as one would type it, for the records: nas.rank's retrains name nas.rank, not nas.retrain."""
+    program = Path(sys.argv[0])
+    head = f"python -m nas.{program.stem}" if program.suffix == ".py" else program.name  # -m nas.X, or a script
+    return " ".join([head, shlex.join(sys.argv[1:])]).rstrip()

@@ -219,7 +219,7 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         },
         "classes": NUM_CLASSES,  # scores out, one per class
         "source": str(options.best),
-        "command": "python -m nas.retrain " + " ".join(sys.argv[1:]),
+        "command": results.command_line(),
         "versions": results.versions(),
     }
     written = ["metrics.json", "train.log", "training.png"]

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -232,7 +233,8 @@ def _train(
     try:
         _wait_until_started(store, helpers)
         with machine.torch_threads(threads):
-            reports = _train_replica(model, data, config, _Exchange(store, 0, config.processes), on_report, on_step)
+            exchange = _Exchange(store, 0, config.processes, helpers)
+            reports = _train_replica(model, data, config, exchange, on_report, on_step)
         finished = True
     except ReplicaLost:
         for helper in helpers:
@@ -304,13 +306,10 @@ class _Exchange:
     waiting; one that hangs is given up on after REPLICA_TIMEOUT_SECONDS.
     """
 
-    def __init__(self, store: dist.Store, rank: int, replicas: int) -> None:
+    def __init__(self, store: dist.Store, rank: int, replicas: int, helpers: list = ()) -> None:
         self.rank, self.replicas = rank, replicas
-        try:
-            with _stderr_kept_only_on_success():
-                self.group = dist.ProcessGroupGloo(store, rank, replicas, _timeout())
-        except RuntimeError:  # gloo's own text names C++ sources; the first replica words it instead
-            raise ReplicaLost("while connecting") from None
+        with _stderr_kept_only_on_success():
+            self.group = _connect(store, rank, replicas, helpers)
 
     def sum(self, vector: torch.Tensor) -> torch.Tensor:
         try:
@@ -318,6 +317,33 @@ class _Exchange:
         except RuntimeError:
             raise ReplicaLost("while exchanging gradients") from None
         return vector
+
+
+def _connect(store: dist.Store, rank: int, replicas: int, helpers: list) -> dist.ProcessGroupGloo:
+    """gloo's process group, connected in a thread while `helpers` are watched.
+
+    A peer that dies after publishing its address can leave gloo waiting for it past its own
+    timeout, inside C++ where no signal reaches; so a dead helper ends the wait here instead, and
+    the stuck thread, a daemon, is left behind.
+    """
+    connected: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            connected["group"] = dist.ProcessGroupGloo(store, rank, replicas, _timeout())
+        except RuntimeError:  # gloo's own text names C++ sources; the first replica words it instead
+            pass
+
+    thread = threading.Thread(target=connect, name="gloo-connect", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
+    while thread.is_alive():
+        thread.join(0.05)
+        if any(not helper.is_alive() for helper in helpers) or time.monotonic() > deadline:
+            break
+    if "group" not in connected:
+        raise ReplicaLost("while connecting")
+    return connected["group"]
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -153,6 +154,25 @@ def test_a_replica_that_dies_while_being_connected_to_is_reported_in_one_line(ti
         train(build_model(TINY_GENOME), tiny_data, TrainConfig(epochs=1, batch_size=64, processes=2))
     assert capfd.readouterr().err == ""
     assert multiprocessing.active_children() == []
+
+
+def test_a_replica_that_dies_while_gloo_waits_past_its_timeout_is_reported_at_once(tiny_data, monkeypatch):
+    """Once in a suite, gloo waited in C++ for a peer that had died after publishing its address,
+    past its own timeout and out of reach of pytest's; the first replica must not wait with it."""
+    release = threading.Event()
+
+    def waits_for_a_dead_peer(store, rank, *args):
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join()
+        release.wait()  # as gloo's Pair::waitUntilConnected did
+
+    monkeypatch.setattr(dist, "ProcessGroupGloo", waits_for_a_dead_peer)
+    started = time.monotonic()
+    with pytest.raises(ReplicaLost, match="a training process was killed"):
+        train(build_model(TINY_GENOME), tiny_data, TrainConfig(epochs=1, batch_size=64, processes=2))
+    assert time.monotonic() - started < 30  # not the 60 s replica timeout, let alone forever
+    release.set()
 
 
 def test_divergence_is_raised_by_replicas_too(tiny_data):

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             f"interrupted; result files are written only after training, so {options.out} has no new model. "
-            f"Run again with: python -m nas.retrain {' '.join(sys.argv[1:])}",
+            f"Run again with: {results.command_line()}",
             file=sys.stderr,
         )
         return 130

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         search(options)
     except KeyboardInterrupt:
         print(
-            f"interrupted; completed trials are saved. Resume with: python -m nas.search {' '.join(sys.argv[1:])}",
+            f"interrupted; completed trials are saved. Resume with: {results.command_line()}",
             file=sys.stderr,
         )
         return 130

@@ -272,11 +272,15 @@ def _helper(rank: int, model: nn.Module, data: Dataset, config: TrainConfig, por
 def _wait_until_started(store: dist.Store, helpers: list) -> None:
     """Wait for every replica to reach the store, watching them: one that dies starting is reported at once."""
     keys = [f"started/{rank}" for rank in range(1, len(helpers) + 1)]
+    _wait_watching(lambda: store.check(keys), helpers, "while starting")
+
+
+def _wait_watching(done: Callable[[], bool], helpers: list, stage: str) -> None:
+    """Wait until `done()`; a helper that dies, or REPLICA_TIMEOUT_SECONDS, ends the wait with ReplicaLost."""
     deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
-    while not store.check(keys):
-        dead = [helper.exitcode for helper in helpers if not helper.is_alive()]
-        if dead or time.monotonic() > deadline:
-            raise ReplicaLost("while starting")
+    while not done():
+        if any(not helper.is_alive() for helper in helpers) or time.monotonic() > deadline:
+            raise ReplicaLost(stage)
         time.sleep(0.05)
 
 
@@ -336,11 +340,7 @@ def _connect(store: dist.Store, rank: int, replicas: int, helpers: list) -> dist
 
     thread = threading.Thread(target=connect, name="gloo-connect", daemon=True)
     thread.start()
-    deadline = time.monotonic() + REPLICA_TIMEOUT_SECONDS
-    while thread.is_alive():
-        thread.join(0.05)
-        if any(not helper.is_alive() for helper in helpers) or time.monotonic() > deadline:
-            break
+    _wait_watching(lambda: not thread.is_alive(), helpers, "while connecting")
     if "group" not in connected:
         raise ReplicaLost("while connecting")
     return connected["group"]

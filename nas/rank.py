@@ -222,7 +222,6 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     study_name, trials = _load_trials(options.storage, options.study)
     winner = best.load(options.best)
     options = dataclasses.replace(options, epochs=options.epochs or winner.retrain_epochs)
-    epochs = options.epochs
     picked = pick_trials(trials, options.retrains, options.top, options.numbers)
     results.check_writable(options.out)
     rows = []
@@ -252,7 +251,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         "study": study_name,
         "picked": _picked(options, len(rows)),
         "trial_epochs": picked[0].epochs_run,
-        "retrain_epochs": epochs,
+        "retrain_epochs": options.epochs,
         "retrained_on": f"the training split; validation accuracy on the held-out split, {seeds}",
         "spearman": correlation,
         "spearman_by_report": spearman_by_report(picked, retrain_accuracies),

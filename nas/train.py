@@ -38,11 +38,6 @@ from nas.processes import die_with_parent, spawn
 # Before each was a recipe knob, every run augmented with these: rotation up to 7 degrees, shift up to 2 px.
 DEFAULT_AUGMENT_DEGREES = 7.0
 DEFAULT_AUGMENT_SHIFT = 2.0
-# Before each evaluation BatchNorm's running statistics are recomputed over this many training
-# images, un-augmented: the running averages of the last few batches are noisy (a replica's share
-# of a 32-image batch is 16 images) and were taken on augmented ones. On the 8k nets it added
-# 0.06-0.08 validation points (README, "BatchNorm statistics").
-CALIBRATION_IMAGES = 10_000
 # A replica that waits this long for another gives up on it (one that dies is noticed at once).
 REPLICA_TIMEOUT_SECONDS = 60
 LOOPBACK = "127.0.0.1"  # the replicas' exchange never leaves this machine
@@ -408,7 +403,6 @@ def _train_replica(
     }
     val_share = _share(0, len(data.val), rank, config.processes)
     val = Split(data.val.images[val_share], data.val.labels[val_share])
-    calibration = data.train.images[_share(0, min(CALIBRATION_IMAGES, len(data.train)), rank, config.processes)]
     augmenting = bool(config.augment_degrees or config.augment_shift)
     teacher_logits = data.train.teacher_logits
     if config.distill_weight and teacher_logits is None:
@@ -451,7 +445,6 @@ def _train_replica(
             if on_step is not None:
                 on_step(epoch, step, steps_per_epoch)
             if step in report_after:
-                recalibrate_batchnorm(model, calibration)
                 if exchange is not None:
                     _average_buffers(model, exchange)
                 val_totals = torch.tensor(_loss_and_correct(model, val), dtype=torch.float32)
@@ -473,29 +466,6 @@ def _train_replica(
                 if on_report is not None:
                     on_report(report)
     return reports
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> None:
-    """Set BatchNorm's running statistics to their mean over `images`' batches, the weights as they are.
-
-    "Precise BN" (Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm"): only the BatchNorm layers
-    run in training mode, with momentum None (a cumulative average); dropout stays off.
-    """
-    if not len(images):
-        return  # a replica's share of fewer calibration images than replicas: nothing to measure
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
-    for start in range(0, len(images), batch_size):
-        model(to_pixels(images[start : start + batch_size]))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from nas import train as train_module
 from nas.data import to_pixels
 from nas.model import build_model, with_normalisation
-from nas.train import DivergedError, ReplicaLost, TrainConfig, recalibrate_batchnorm, train
+from nas.train import DivergedError, ReplicaLost, TrainConfig, train
 from tests.helpers import TINY_GENOME
 
 
@@ -90,34 +90,6 @@ def test_replicas_distil_from_the_teachers_scores_for_their_own_images(tiny_data
     train(split, data, dataclasses.replace(config, processes=2))
     for a, b in zip(alone.state_dict().values(), split.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
-
-
-def test_recalibrated_batchnorm_holds_the_statistics_of_the_images_without_dropout(tiny_data):
-    """In eval mode the net then normalises as training mode would on those images in one batch, dropout off."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8),
-    )  # fmt: skip
-    images = tiny_data.train.images[:200]
-    recalibrate_batchnorm(model, images, batch_size=len(images))
-    assert not model.training and all(m.momentum == 0.1 for m in (model[1], model[5]))
-    with torch.no_grad():
-        recalibrated = model(to_pixels(images))
-        model[1].train(), model[5].train()
-        batch_statistics = model(to_pixels(images))
-    torch.testing.assert_close(recalibrated, batch_statistics, rtol=1e-3, atol=1e-3)
-
-
-def test_training_ends_with_batchnorm_recalibrated_on_training_images(tiny_data):
-    """The last report's evaluation, and the model handed back, use statistics of un-augmented training images."""
-    torch.manual_seed(0)
-    model = build_model(TINY_GENOME)
-    # The default layout: recalibrated in channels-last, the statistics differ in the fourth digit.
-    train(model, tiny_data, TrainConfig(epochs=1, batch_size=64, processes=1, channels_last=False, precision="fp32"))
-    trained = {name: value.clone() for name, value in model.state_dict().items()}
-    recalibrate_batchnorm(model, tiny_data.train.images)
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
 
 
 class Stop(Exception):

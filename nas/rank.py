@@ -255,9 +255,10 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     except ValueError:  # every trial, or every retrain, scored the same
         correlation = None
     pick = best_retrain(rows)
+    picked_as, summary_name = _pick_mode(options, len(rows))
     ranking = {
         "study": study_name,
-        "picked": _picked(options, len(rows)),
+        "picked": picked_as,
         "trial_epochs": picked[0].epochs_run,
         "retrain_epochs": options.epochs,
         "retrained_on": f"the training split; validation accuracy on the held-out split, {seeds}",
@@ -266,7 +267,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         "best_retrain": pick,
         "trials": rows,
     }
-    summary = options.out / _summary_name(options)
+    summary = options.out / summary_name
     results.write_json(summary, ranking)
     console.print(_table(rows))
     console.print(f"Spearman rank correlation, trial score vs retrain: {correlation}")
@@ -299,16 +300,16 @@ def _verdict(pick: dict, rows: list[dict], seeds: str, out: Path) -> str:
     return f"{said}; next: python -m nas.retrain {folder / 'best.json'} --out {folder / 'final'}"
 
 
-def _picked(options: RankOptions, count: int) -> str:
+def _pick_mode(options: RankOptions, count: int) -> tuple[str, str]:
+    """How the trials were picked, in words, and the summary's file name."""
     if options.numbers:
-        return f"trials {', '.join(map(str, options.numbers))}, named"
-    return f"the {count} best trials" if options.top else f"{count} trials spread over the ranking"
-
-
-def _summary_name(options: RankOptions) -> str:
-    if options.numbers:
-        return f"trials{'-'.join(map(str, sorted(options.numbers)))}.json"
-    return "top.json" if options.top else "ranking.json"
+        return (
+            f"trials {', '.join(map(str, options.numbers))}, named",
+            f"trials{'-'.join(map(str, sorted(options.numbers)))}.json",
+        )
+    if options.top:
+        return f"the {count} best trials", "top.json"
+    return f"{count} trials spread over the ranking", "ranking.json"
 
 
 def _table(rows: list[dict]) -> Table:

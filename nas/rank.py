@@ -254,7 +254,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         correlation = round(spearman([r["trial_val_accuracy"] for r in rows], retrain_accuracies), 3)
     except ValueError:  # every trial, or every retrain, scored the same
         correlation = None
-    pick = best_retrain(rows)
+    outcome = best_retrain(rows)
     picked_as, summary_name = _pick_mode(options, len(rows))
     ranking = {
         "study": study_name,
@@ -264,7 +264,7 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
         "retrained_on": f"the training split; validation accuracy on the held-out split, {seeds}",
         "spearman": correlation,
         "spearman_by_report": spearman_by_report(picked, retrain_accuracies),
-        "best_retrain": pick,
+        "best_retrain": outcome,
         "trials": rows,
     }
     summary = options.out / summary_name
@@ -273,30 +273,30 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     console.print(f"Spearman rank correlation, trial score vs retrain: {correlation}")
     for report in ranking["spearman_by_report"]:
         console.print(f"  scored after {report['trial_epochs']:g} of the trial's epochs: {report['spearman']}")
-    console.print(_verdict(pick, rows, seeds, options.out))
+    console.print(_verdict(outcome, rows, seeds, options.out))
     console.print(f"wrote {summary}")
     return ranking
 
 
-def _verdict(pick: dict, rows: list[dict], seeds: str, out: Path) -> str:
+def _verdict(outcome: dict, rows: list[dict], seeds: str, out: Path) -> str:
     """What the retrains say, in words, and the command that retrains the pick in full."""
-    accuracy = next(r["retrain_val_accuracy"] for r in rows if r["trial"] == pick["trial"])
+    accuracy = next(r["retrain_val_accuracy"] for r in rows if r["trial"] == outcome["trial"])
     said = (
-        f"best after full training: trial {pick['trial']}, {accuracy:.2f}% validation ({seeds}), "
-        f"{pick['lead_points']:.2f} points ahead of trial {pick['lead_over_trial']}"
+        f"best after full training: trial {outcome['trial']}, {accuracy:.2f}% validation ({seeds}), "
+        f"{outcome['lead_points']:.2f} points ahead of trial {outcome['lead_over_trial']}"
     )
-    if pick["pick"] != pick["trial"]:
+    if outcome["pick"] != outcome["trial"]:
         weighed = (
-            f"within the seeds' spread of {pick['seed_spread']:.2f}: a toss-up"
-            if pick["seed_spread"] is not None
+            f"within the seeds' spread of {outcome['seed_spread']:.2f}: a toss-up"
+            if outcome["seed_spread"] is not None
             else "one seed's lead, which more seeds (--seeds 3) may reverse"
         )
-        said += f", {weighed}; the search's pick, trial {pick['pick']}, stays"
-    elif pick["trial"] != rows[0]["trial"]:
-        said += f", more than the seeds' spread of {pick['seed_spread']:.2f}: it replaces the search's pick"
+        said += f", {weighed}; the search's pick, trial {outcome['pick']}, stays"
+    elif outcome["trial"] != rows[0]["trial"]:
+        said += f", more than the seeds' spread of {outcome['seed_spread']:.2f}: it replaces the search's pick"
     else:
         said += ": the search's pick retrained best too"
-    folder = trial_folder(out, pick["pick"])
+    folder = trial_folder(out, outcome["pick"])
     return f"{said}; next: python -m nas.retrain {folder / 'best.json'} --out {folder / 'final'}"
 
 

@@ -97,7 +97,7 @@ def test_a_retrain_replaces_the_searchs_pick_only_by_a_lead_beyond_the_seeds_spr
     clear = best_retrain([row(0, 99.30, 99.32, 99.34), row(6, 99.47, 99.45, 99.49)])
     assert clear["lead_points"] == 0.15 and clear["lead_beyond_seed_spread"] is True
     assert clear["pick"] == 6 and clear["best_json"] == "trial6/best.json"
-    # Behind the search's pick, a third trial's lead over the second is no reason to replace it.
+    # A lead is measured against the search's pick, not against the runner-up (trial 6 here).
     assert best_retrain([row(0, 99.20, 99.20), row(2, 99.60, 99.61), row(6, 99.50, 99.50)])["lead_over_trial"] == 0
     assert best_retrain([row(3, 99.4, 99.5), row(4, 99.5, 99.4)])["pick"] == 3  # a tie: the better trial score
 

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from nas import best, results
 from nas.errors import ArgumentParser, UserError, cli
-from nas.machine import add_precision_option
+from nas.machine import add_precision_option, this_cpu
 from nas.report import records
 from nas.retrain import MAX_EPOCHS, RetrainOptions, retrain
 from nas.study import is_database, make_storage, redact
@@ -150,12 +150,17 @@ def seed_folder(out: Path, trial: int, seed: int) -> Path:
 
 
 def _earlier_retrain(metrics_path: Path, epochs: int, seed: int, precision: str) -> dict | None:
-    """The metrics a measuring retrain of this length, seed and precision left there, if any (else it is redone)."""
+    """The metrics a measuring retrain of this length, seed and precision left there, if any (else it is redone).
+
+    Only one from this CPU, where the record names one (older ones do not): on another the same
+    seed is, in effect, another seed.
+    """
     if not metrics_path.is_file():
         return None
     metrics = json.loads(metrics_path.read_text())
     same = metrics.get("epochs") == epochs and metrics.get("seed", 0) == seed
     same = same and precision in ("auto", metrics.get("train", {}).get("precision"))
+    same = same and metrics.get("machine", this_cpu().describe()) == this_cpu().describe()
     return metrics if same and metrics.get("val_accuracy") is not None else None
 
 

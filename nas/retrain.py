@@ -22,7 +22,7 @@ from nas import best, known, plots, results
 from nas.data import Split, load_dataset, to_pixels, with_validation_in_training
 from nas.errors import ArgumentParser, UserError, cli
 from nas.genome import IN_CHANNELS, INPUT_SIZE, NUM_CLASSES, param_count
-from nas.machine import add_precision_option
+from nas.machine import add_precision_option, this_cpu
 from nas.model import build_model, count_macs, with_normalisation
 from nas.space import MAX_EPOCHS
 from nas.train import ReplicaLost, Report, evaluate, train
@@ -221,6 +221,8 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
         "source": str(options.best),
         "command": results.command_line(),
         "versions": results.versions(),
+        # The same seed ends 0.1-0.2 points apart on two CPUs (their kernels round differently).
+        "machine": this_cpu().describe(),
     }
     written = ["metrics.json", "train.log", "training.png"]
     if options.final:

@@ -4,6 +4,7 @@ import pytest
 
 from nas import best
 from nas.errors import UserError
+from nas.machine import this_cpu
 from nas.rank import _earlier_retrain, best_retrain, main, pick_trials, ranks, seed_folder, spearman, spearman_by_report
 from nas.search import main as search_main
 from nas.trials import TrialRecord
@@ -54,7 +55,7 @@ def test_each_report_ranks_the_trials_against_the_retrains():
     ]
 
 
-def test_only_a_measuring_retrain_of_the_same_length_seed_and_precision_is_read_back(tmp_path):
+def test_only_a_measuring_retrain_of_the_same_length_seed_precision_and_cpu_is_read_back(tmp_path):
     metrics = tmp_path / "metrics.json"
     assert _earlier_retrain(metrics, 15, seed=0, precision="auto") is None
     earlier = {"epochs": 15, "val_accuracy": 99.3, "seed": 0, "train": {"precision": "fp32"}}
@@ -66,6 +67,11 @@ def test_only_a_measuring_retrain_of_the_same_length_seed_and_precision_is_read_
     assert _earlier_retrain(metrics, 15, seed=1, precision="auto") is None  # another seed
     metrics.write_text(json.dumps(earlier | {"val_accuracy": None}))  # a final retrain: trained on all
     assert _earlier_retrain(metrics, 15, seed=0, precision="auto") is None
+    here = earlier | {"machine": this_cpu().describe()}
+    metrics.write_text(json.dumps(here))
+    assert _earlier_retrain(metrics, 15, seed=0, precision="auto") == here
+    metrics.write_text(json.dumps(earlier | {"machine": f"not {this_cpu().describe()}"}))
+    assert _earlier_retrain(metrics, 15, seed=0, precision="auto") is None  # another CPU: another seed, in effect
 
 
 def test_seed_0_keeps_the_trial_folder_and_other_seeds_go_below_it(tmp_path):

@@ -216,6 +216,7 @@ def test_a_retrain_is_as_long_as_its_space_plans_and_records_its_estimated_time(
     metrics = json.loads((tmp_path / "planned" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
     assert metrics["estimated_train_seconds"] > 0
+    assert metrics["machine"] == machine.this_cpu().describe()  # the same seed ends elsewhere on another CPU
     assert "s of training" in (tmp_path / "planned" / "train.log").read_text().splitlines()[0]
 
 

@@ -160,7 +160,8 @@ def _earlier_retrain(metrics_path: Path, epochs: int, seed: int, precision: str)
     metrics = json.loads(metrics_path.read_text())
     same = metrics.get("epochs") == epochs and metrics.get("seed", 0) == seed
     same = same and precision in ("auto", metrics.get("train", {}).get("precision"))
-    same = same and metrics.get("machine", this_cpu().describe()) == this_cpu().describe()
+    here = this_cpu().describe()
+    same = same and metrics.get("machine", here) == here
     return metrics if same and metrics.get("val_accuracy") is not None else None
 
 

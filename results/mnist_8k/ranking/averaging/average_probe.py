@@ -28,10 +28,6 @@ EMA_HORIZONS = (0.25, 1.0, 3.0)  # epochs
 UNIFORM_LAST = (1, 3)  # epochs
 
 
-def float_state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-
 def with_state(model, state):
     twin = copy.deepcopy(model)
     twin.load_state_dict({**twin.state_dict(), **state})
@@ -63,10 +59,10 @@ def main(path, seed, out, epochs=15):
     ema = {}
     sums = {k: None for k in UNIFORM_LAST}
     counts = dict.fromkeys(UNIFORM_LAST, 0)
+    names = [k for k, v in model.state_dict().items() if v.is_floating_point()]  # weights and BatchNorm statistics
 
     def on_step(epoch, step, steps_per_epoch):
         state = model.state_dict()
-        names = [k for k, v in state.items() if v.is_floating_point()]
         now = [state[k].detach() for k in names]
         for h, d in decays.items():
             if h not in ema:
@@ -80,12 +76,10 @@ def main(path, seed, out, epochs=15):
                 else:
                     torch._foreach_add_(sums[k], now)
                 counts[k] += 1
-        on_step.names = names
 
     start = time.perf_counter()
     reports = train(model, data, config, on_step=on_step)
     seconds = time.perf_counter() - start
-    names = on_step.names
     variants = {"last": model}
     for h, tensors in ema.items():
         variants[f"ema{h:g}ep"] = with_state(model, dict(zip(names, tensors, strict=True)))

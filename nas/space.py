@@ -20,7 +20,7 @@ from typing import Any
 
 from nas.errors import UserError, read_user_text
 from nas.genome import HEADS, INPUT_SIZE, KERNELS, Block, Genome, param_count
-from nas.train import DEFAULT_AUGMENT_SHIFT
+from nas.train import DEFAULT_AUGMENT_SHIFT, Recipe
 
 # Inside the package, so an installed nas finds its default; the repository shows them as search_spaces/.
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
@@ -99,6 +99,9 @@ class SearchSpace:
     training: TrainingSpace
     trial: TrialBudget
     retrain: RetrainPlan = RetrainPlan()
+    # The recipe every known design opens the study with, so they are compared on their architecture
+    # (optional table; unset, each draws one as any trial does).
+    known_recipe: Recipe | None = None
     max_macs: int | None = None  # multiply-accumulates per image; larger candidates are pruned before training
     search_seconds: float | None = None  # wall time after which a search starts no trial (running ones finish)
     path: str = ""  # where it was read from
@@ -160,7 +163,7 @@ class SearchSpace:
 # dataclass; [retrain] may be left out.
 OPTIONAL_BUDGETS = {"max_macs": int, "search_seconds": float}
 SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
-OPTIONAL_SECTIONS = {"retrain": RetrainPlan}
+OPTIONAL_SECTIONS = {"retrain": RetrainPlan, "known_recipe": Recipe}
 
 
 def _type_name(kind: Any) -> str:
@@ -259,6 +262,24 @@ def _check_values(space: SearchSpace, where: str) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"{where}: {message}")
+    if space.known_recipe is not None:
+        _check_known_recipe(space.known_recipe, training, where)
+
+
+def _check_known_recipe(recipe: Recipe, training: TrainingSpace, where: str) -> None:
+    """The known designs' recipe must be one the space could draw: every trial of a study is."""
+    if recipe.batch_size not in training.batch_size:
+        raise UserError(
+            f"{where}: known_recipe.batch_size {recipe.batch_size} is not among training.batch_size "
+            f"({', '.join(map(str, training.batch_size))}); pick one of those or add it there"
+        )
+    for knob in ("max_lr", "weight_decay", "augment_degrees", "augment_shift"):
+        low, high = getattr(training, knob)
+        if not low <= getattr(recipe, knob) <= high:
+            raise UserError(
+                f"{where}: known_recipe.{knob} {getattr(recipe, knob)} is outside training.{knob} [{low}, {high}]; "
+                "bring it into the range or widen the range"
+            )
 
 
 def parse_space(text: str, where: str) -> SearchSpace:

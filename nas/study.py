@@ -217,9 +217,11 @@ def _wait_for_record(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def design_params(design: KnownDesign, space: SearchSpace) -> dict[str, Any]:
-    """The Optuna parameters that draw the design; its dropout clipped into the space's range."""
+    """The Optuna parameters that draw the design, with the space's `known_recipe` if it has one;
+    its dropout clipped into the space's range."""
     low, high = space.architecture.dropout
-    return {**genome_params(design.genome), "dropout": min(max(design.genome.dropout, low), high)}
+    recipe = recipe_params(space.known_recipe) if space.known_recipe else {}
+    return {**genome_params(design.genome), "dropout": min(max(design.genome.dropout, low), high), **recipe}
 
 
 def queue_mutant(study: optuna.Study, space: SearchSpace, rng: random.Random) -> bool:

@@ -60,6 +60,19 @@ def test_a_new_study_starts_with_the_designs_that_fit_and_only_once(tmp_path):
     assert param_count(at_5k[0].genome) == 4_885
 
 
+def test_a_space_with_a_known_recipe_opens_with_every_design_trained_by_it(tmp_path):
+    space = load_space(SPACES_DIR / "mnist_8k.toml")
+    assert space.known_recipe is not None
+    study = open_study("s", str(tmp_path / "study.journal"), space, "median", seed=0)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == len(designs_to_beat(space))
+    for trial in waiting:
+        drawn = optuna.trial.FixedTrial(trial.system_attrs["fixed_params"])
+        assert sample_recipe(drawn, space.training) == space.known_recipe
+    # Without one, a design's parameters leave its recipe to the sampler.
+    assert "max_lr" not in design_params(designs_to_beat(WIDE_OPEN)[0], WIDE_OPEN)
+
+
 def test_a_space_opens_with_the_known_designs_it_names_and_refuses_a_name_it_does_not_know():
     names = [d.name for d in designs_to_beat(load_space(SPACES_DIR / "mnist_5k.toml"))]
     assert names == [

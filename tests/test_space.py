@@ -6,6 +6,7 @@ from nas.errors import UserError
 from nas.genome import Block, Genome, param_count
 from nas.known import by_name, designs_to_beat
 from nas.space import DEFAULT_SPACE, MAX_EPOCHS, SPACES_DIR, RetrainPlan, load_space, parse_space
+from nas.train import Recipe
 from tests.helpers import random_genomes
 
 DEFAULT_TEXT = DEFAULT_SPACE.read_text()
@@ -15,6 +16,16 @@ def edited(old: str, new: str) -> str:
     """The default space file with one line changed."""
     assert old in DEFAULT_TEXT
     return DEFAULT_TEXT.replace(old, new, 1)
+
+
+# A recipe the default space can draw (its batch size is fixed at 128, its shift at 2 px).
+KNOWN_RECIPE = "[known_recipe]\nmax_lr = 0.1\nbatch_size = 128\nweight_decay = 3e-5\naugment_degrees = 8.0\n"
+
+
+def with_known_recipe(old: str = "", new: str = "") -> str:
+    """The default space file with KNOWN_RECIPE added, one line of it changed."""
+    assert old in KNOWN_RECIPE
+    return DEFAULT_TEXT + "\n" + KNOWN_RECIPE.replace(old, new, 1)
 
 
 @pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.toml")), ids=lambda p: p.name)
@@ -57,6 +68,11 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("# max_seconds = 300", "max_seconds = 0"), "retrain.max_seconds", "positive"),
         (edited("# max_seconds = 300", 'max_seconds = "5 min"'), "retrain.max_seconds", "finite number"),
         (edited("# max_seconds = 300", "minutes = 5"), "retrain", "unknown key 'minutes'"),
+        (with_known_recipe("max_lr = 0.1\n"), "known_recipe", "missing key 'max_lr'"),
+        (with_known_recipe("max_lr = 0.1", "max_lr = 0.5"), "known_recipe.max_lr", r"outside training.max_lr \["),
+        (with_known_recipe("batch_size = 128", "batch_size = 32"), "known_recipe.batch_size", "not among .* add it"),
+        (with_known_recipe("\n", "\naugment_shift = 3.0\n"), "known_recipe.augment_shift", "outside"),
+        (with_known_recipe("\n", "\nmomentum = 0.9\n"), "known_recipe", "unknown key 'momentum'"),
     ],
 )
 def test_each_validation_error_names_file_and_key(text, key, problem):
@@ -87,6 +103,12 @@ def test_a_retrain_plan_comes_from_the_file_or_the_command_line_and_may_be_left_
     without = tmp_path / "without.toml"
     without.write_text(DEFAULT_TEXT[: DEFAULT_TEXT.index("[retrain]")])
     assert load_space(without).retrain == RetrainPlan(epochs=MAX_EPOCHS, max_seconds=None)
+
+
+def test_a_known_recipe_comes_from_the_file_or_is_left_to_the_sampler():
+    assert parse_space(DEFAULT_TEXT, "default.toml").known_recipe is None
+    recipe = parse_space(with_known_recipe(), "known.toml").known_recipe
+    assert recipe == Recipe(max_lr=0.1, batch_size=128, weight_decay=3e-5, augment_degrees=8.0, augment_shift=2.0)
 
 
 def test_valid_convs_that_shrink_the_map_away_leave_a_smaller_padded_genome():

@@ -160,7 +160,7 @@ class SearchSpace:
 
 
 # The file's layout: [budget] max_params (optionally max_macs, search_seconds), then one table per section
-# dataclass; [retrain] may be left out.
+# dataclass; [retrain] and [known_recipe] may be left out.
 OPTIONAL_BUDGETS = {"max_macs": int, "search_seconds": float}
 SECTIONS = {"architecture": ArchitectureSpace, "training": TrainingSpace, "trial": TrialBudget}
 OPTIONAL_SECTIONS = {"retrain": RetrainPlan, "known_recipe": Recipe}

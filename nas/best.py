@@ -101,6 +101,7 @@ def parse(text: str, where: str) -> Best:
             weight_decay=float(_field(document, "train.weight_decay", (int, float), where)),
             augment_degrees=knob("augment_degrees", DEFAULT_AUGMENT_DEGREES),
             augment_shift=knob("augment_shift", DEFAULT_AUGMENT_SHIFT),
+            augment_scale=knob("augment_scale", 0.0),
         ),
         data=DataSplit(
             dir=_field(document, "data.dir", (str, type(None)), where),
@@ -122,10 +123,11 @@ def parse(text: str, where: str) -> Best:
         and 0 <= recipe.weight_decay < math.inf
         and 0 <= recipe.augment_degrees < math.inf
         and 0 <= recipe.augment_shift < math.inf
+        and 0 <= recipe.augment_scale < 1
     ):
         raise UserError(
             f"{where}: train.max_lr and batch_size must be positive, weight_decay, augment_degrees and "
-            "augment_shift finite and not negative; fix or regenerate it"
+            "augment_shift finite and not negative, augment_scale in [0, 1); fix or regenerate it"
         )
     if best.data.val_size < 1:
         raise UserError(f"{where}: data.val_size must be positive; fix or regenerate it")

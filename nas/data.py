@@ -201,14 +201,22 @@ def with_validation_in_training(data: Dataset) -> Dataset:
 
 
 def random_affine(
-    n: int, max_degrees: float, max_shift: float, generator: torch.Generator, size: int = 28
+    n: int, max_degrees: float, max_shift: float, generator: torch.Generator, max_scale: float = 0.0, size: int = 28
 ) -> torch.Tensor:
-    """n random rotations and translations of `size`-pixel images, as affine_grid's n x 2 x 3 matrices."""
+    """n random rotations, translations and scalings of `size`-pixel images, as affine_grid's n x 2 x 3 matrices.
+
+    The scale factor lies in [1 - max_scale, 1 + max_scale]; with max_scale 0 none is drawn, so the
+    generator, and every run made before scaling existed, draws as it did.
+    """
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
     # affine_grid works in [-1, 1] coordinates: one pixel is 2/size of that range.
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift * 2 / size
     cos, sin = angle.cos(), angle.sin()
-    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if max_scale:
+        # The matrix maps output pixels to input ones: a factor above 1 shows the digit smaller.
+        theta[:, :, :2] *= 1 + (torch.rand(n, 1, 1, generator=generator) * 2 - 1) * max_scale
+    return theta
 
 
 def augment(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

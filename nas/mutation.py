@@ -110,8 +110,8 @@ ARCHITECTURE_MUTATIONS: tuple[Callable[[Genome, SearchSpace, random.Random], tup
 
 def nudge_recipe(genome: Genome, recipe: Recipe, space: SearchSpace, rng: random.Random) -> tuple[Genome, Recipe, str]:
     """Learning rate and weight decay times up to 1.5 either way, rotation up to 2 degrees, shift up
-    to half a pixel, dropout up to 0.02, each kept in the space's range. The batch size stays: another
-    would change what the learning rate means."""
+    to half a pixel, scaling up to 0.03, dropout up to 0.02, each kept in the space's range. The batch
+    size stays: another would change what the learning rate means."""
     training, dropout_range = space.training, space.architecture.dropout
 
     def clip(value: float, bounds: tuple[float, float]) -> float:
@@ -126,12 +126,15 @@ def nudge_recipe(genome: Genome, recipe: Recipe, space: SearchSpace, rng: random
         weight_decay=times(recipe.weight_decay, training.weight_decay),
         augment_degrees=clip(recipe.augment_degrees + rng.uniform(-2, 2), training.augment_degrees),
         augment_shift=clip(recipe.augment_shift + rng.uniform(-0.5, 0.5), training.augment_shift),
+        augment_scale=clip(recipe.augment_scale + rng.uniform(-0.03, 0.03), training.augment_scale),
     )
     dropout = clip(genome.dropout + rng.uniform(-0.02, 0.02), dropout_range)
     change = (
         f"recipe lr {recipe.max_lr:.3g}->{new.max_lr:.3g}, wd {recipe.weight_decay:.2g}->{new.weight_decay:.2g}, "
         f"rotation {recipe.augment_degrees:.1f}->{new.augment_degrees:.1f}, "
-        f"shift {recipe.augment_shift:.1f}->{new.augment_shift:.1f}, dropout {genome.dropout:.3f}->{dropout:.3f}"
+        f"shift {recipe.augment_shift:.1f}->{new.augment_shift:.1f}, "
+        f"scale {recipe.augment_scale:.2f}->{new.augment_scale:.2f}, "
+        f"dropout {genome.dropout:.3f}->{dropout:.3f}"
     )
     return dataclasses.replace(genome, dropout=dropout), new, change
 

@@ -66,7 +66,8 @@ def genome_params(genome: Genome) -> dict[str, Any]:
     return params
 
 
-RECIPE_KNOBS = ("max_lr", "batch_size", "weight_decay", "augment_degrees", "augment_shift")  # what a space samples
+# What a space samples.
+RECIPE_KNOBS = ("max_lr", "batch_size", "weight_decay", "augment_degrees", "augment_shift", "augment_scale")
 
 
 def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
@@ -78,6 +79,7 @@ def sample_recipe(trial: optuna.Trial, training: TrainingSpace) -> Recipe:
         weight_decay=trial.suggest_float("weight_decay", *weight_decay, log=weight_decay[0] > 0),
         augment_degrees=trial.suggest_float("augment_degrees", *training.augment_degrees),
         augment_shift=trial.suggest_float("augment_shift", *training.augment_shift),
+        augment_scale=trial.suggest_float("augment_scale", *training.augment_scale),
     )
 
 

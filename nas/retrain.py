@@ -108,6 +108,7 @@ class RetrainOptions:
     design: str | None = None  # a known design's name: train it instead of best.json's genome, same recipe
     teacher: Path | None = None  # a frozen model.pt2 to distil from
     distill_weight: float = DEFAULT_DISTILL_WEIGHT  # TrainConfig.distill_weight, with a teacher
+    augment_scale: float | None = None  # None: best.json's recipe's
     # False: a measuring run (nas.rank compares candidates on validation): the test set is not
     # even loaded, and nothing is exported, so there is no test figure to choose by
     final: bool = True
@@ -133,7 +134,10 @@ def retrain(options: RetrainOptions, console: Console | None = None) -> dict:
     epochs = options.epochs or winner.retrain_epochs
     torch.manual_seed(options.seed)
     model = with_normalisation(build_model(genome), data.mean, data.std)
-    config = winner.recipe.config(
+    recipe = winner.recipe
+    if options.augment_scale is not None:
+        recipe = replace(recipe, augment_scale=options.augment_scale)
+    config = recipe.config(
         epochs=epochs,
         seed=options.seed,
         precision=options.precision,
@@ -289,6 +293,12 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         help=f"with --teacher, the share of the loss that matches its scores (default {DEFAULT_DISTILL_WEIGHT})",
     )
     parser.add_argument(
+        "--augment-scale",
+        type=float,
+        metavar="FRACTION",
+        help="scale each augmented image by a random factor within 1 +- FRACTION (default: best.json's recipe's)",
+    )
+    parser.add_argument(
         "--min-accuracy",
         type=float,
         default=DEFAULT_MIN_ACCURACY,
@@ -306,6 +316,8 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
     distill_weight = DEFAULT_DISTILL_WEIGHT if args.distill_weight is None else args.distill_weight
     if not 0 < distill_weight <= 1:
         raise UserError(f"--distill-weight must lie in (0, 1], got {distill_weight}")
+    if args.augment_scale is not None and not 0 <= args.augment_scale < 1:
+        raise UserError(f"--augment-scale must lie in [0, 1), got {args.augment_scale}")
     return RetrainOptions(
         best=args.best,
         epochs=args.epochs,
@@ -320,6 +332,7 @@ def parse_args(argv: list[str] | None) -> RetrainOptions:
         design=args.design,
         teacher=args.teacher,
         distill_weight=distill_weight,
+        augment_scale=args.augment_scale,
     )
 
 

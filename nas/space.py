@@ -74,6 +74,8 @@ class TrainingSpace:
     augment_degrees: Range  # max random rotation; 0 with no shift turns augmentation off
     # Max random translation in pixels; optional: a space without it shifts up to 2 px, as all did before.
     augment_shift: Range = (DEFAULT_AUGMENT_SHIFT, DEFAULT_AUGMENT_SHIFT)
+    # Max random change of size, a fraction; optional: a space without it never scales, as none did before.
+    augment_scale: Range = (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ def _check_values(space: SearchSpace, where: str) -> None:
         (training.weight_decay[0] >= 0, "training.weight_decay must not be negative"),
         (training.augment_degrees[0] >= 0, "training.augment_degrees must not be negative"),
         (training.augment_shift[0] >= 0, "training.augment_shift must not be negative"),
+        (0 <= training.augment_scale[0] and training.augment_scale[1] < 1, "training.augment_scale must lie in [0, 1)"),
         (trial.epochs >= 1, "trial.epochs must be at least 1"),
         (trial.reports_per_epoch >= 1, "trial.reports_per_epoch must be at least 1"),
         (space.retrain.epochs >= 1, "retrain.epochs must be at least 1"),
@@ -273,7 +276,7 @@ def _check_known_recipe(recipe: Recipe, training: TrainingSpace, where: str) -> 
             f"{where}: known_recipe.batch_size {recipe.batch_size} is not among training.batch_size "
             f"({', '.join(map(str, training.batch_size))}); pick one of those or add it there"
         )
-    for knob in ("max_lr", "weight_decay", "augment_degrees", "augment_shift"):
+    for knob in ("max_lr", "weight_decay", "augment_degrees", "augment_shift", "augment_scale"):
         low, high = getattr(training, knob)
         if not low <= getattr(recipe, knob) <= high:
             raise UserError(

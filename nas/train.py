@@ -50,8 +50,9 @@ class Recipe:
     max_lr: float  # one-cycle peak learning rate
     batch_size: int
     weight_decay: float
-    augment_degrees: float  # max random rotation; 0 with no shift turns augmentation off
+    augment_degrees: float  # max random rotation; 0 with no shift or scaling turns augmentation off
     augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels (older records lack it)
+    augment_scale: float = 0.0  # max random change of size: 0.1 scales by 0.9 to 1.1 (older records lack it)
 
     def config(self, epochs: int, **how: Any) -> TrainConfig:
         """A TrainConfig with this recipe; `how` sets the rest (seed, reports, precision, ...)."""
@@ -67,8 +68,9 @@ class TrainConfig:
     batch_size: int = 128  # images per step
     weight_decay: float = 5e-4  # L2 on all weights, per step
     momentum: float = 0.9
-    augment_degrees: float = DEFAULT_AUGMENT_DEGREES  # max random rotation, degrees; 0 turns augmentation off
+    augment_degrees: float = DEFAULT_AUGMENT_DEGREES  # max random rotation, degrees
     augment_shift: float = DEFAULT_AUGMENT_SHIFT  # max random translation, pixels
+    augment_scale: float = 0.0  # max random change of size, a fraction of the image's
     # Distillation (Hinton et al. 2015): this share of the loss matches the training split's
     # teacher_logits, softened by the temperature; the rest is cross-entropy with the labels.
     distill_weight: float = 0.0
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size, reports_per_epoch and processes must be at least 1")
         if not self.max_lr > 0:
             raise ValueError("max_lr must be positive")
+        if not 0 <= self.augment_scale < 1:
+            raise ValueError("augment_scale must lie in [0, 1)")
         if not 0 <= self.distill_weight <= 1 or not self.distill_temperature > 0:
             raise ValueError("distill_weight must lie in [0, 1] and distill_temperature be positive")
         if self.precision not in ("auto", *machine.PRECISIONS):
@@ -403,7 +407,7 @@ def _train_replica(
     }
     val_share = _share(0, len(data.val), rank, config.processes)
     val = Split(data.val.images[val_share], data.val.labels[val_share])
-    augmenting = bool(config.augment_degrees or config.augment_shift)
+    augmenting = bool(config.augment_degrees or config.augment_shift or config.augment_scale)
     teacher_logits = data.train.teacher_logits
     if config.distill_weight and teacher_logits is None:
         raise ValueError("distill_weight is set but the training split has no teacher_logits")
@@ -419,7 +423,9 @@ def _train_replica(
             mine = _share(first, last, rank, config.processes)
             x, y = to_pixels(images[mine]), labels[mine]
             if augmenting:
-                theta = random_affine(last - first, config.augment_degrees, config.augment_shift, generator)
+                theta = random_affine(
+                    last - first, config.augment_degrees, config.augment_shift, generator, config.augment_scale
+                )
                 x = augment(x, theta[mine.start - first : mine.stop - first])
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):

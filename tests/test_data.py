@@ -102,3 +102,14 @@ def test_random_affine_stays_within_its_limits():
     assert angles.abs().max() <= math.radians(7.0) + 1e-6 and angles.abs().max() > math.radians(6.5)
     shifts_px = theta[:, :, 2] * 28 / 2
     assert shifts_px.abs().max() <= 2.0 + 1e-5 and shifts_px.abs().max() > 1.9
+
+
+def test_random_scaling_keeps_the_rotations_and_shifts_drawn_without_it():
+    """So every run made before scaling existed draws its augmentation as it did."""
+    plain = random_affine(1000, 7.0, 2.0, torch.Generator().manual_seed(0))
+    scaled = random_affine(1000, 7.0, 2.0, torch.Generator().manual_seed(0), max_scale=0.1)
+    factors = torch.linalg.det(scaled[:, :, :2]).sqrt()
+    torch.testing.assert_close(scaled[:, :, :2], plain[:, :, :2] * factors[:, None, None])
+    assert torch.equal(scaled[:, :, 2], plain[:, :, 2])
+    assert 0.9 - 1e-5 <= factors.min() < 0.91 and 1.09 < factors.max() <= 1.1 + 1e-5
+    torch.testing.assert_close(torch.linalg.det(plain[:, :, :2]), torch.ones(1000))

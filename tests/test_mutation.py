@@ -65,6 +65,7 @@ def test_a_recipe_nudge_stays_in_the_space_and_is_what_its_params_draw():
     for seed in range(20):
         _, nudged, change = nudge_recipe(genome, recipe, space, random.Random(seed))
         assert 0.0 <= nudged.augment_shift <= 3.0 and "shift 2.8->" in change
+        assert nudged.augment_scale == 0.0 and "scale 0.00->0.00" in change  # not searched there
         assert nudged.batch_size == 32  # one of the space's choices, kept
         assert sample_recipe(optuna.trial.FixedTrial(recipe_params(nudged)), space.training) == nudged
         shifts.add(nudged.augment_shift)

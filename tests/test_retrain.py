@@ -130,6 +130,7 @@ def test_generated_spec_tests_fail_on_bad_models(variant, spec_outcomes):
         (lambda d: {**d, "max_params": 100}, "over its budget of 100"),
         (lambda d: {**d, "max_params": "20k"}, "field 'max_params' has the wrong type"),
         (lambda d: {**d, "data": {**d["data"], "dir": 5}}, "field 'data.dir' has the wrong type"),
+        (lambda d: {**d, "train": {**d["train"], "augment_scale": 1.5}}, "augment_scale in [0, 1)"),
     ],
 )
 def test_bad_best_json_is_one_line_and_exit_2(edit, problem, tmp_path, tiny_dir, capsys):
@@ -148,6 +149,7 @@ def test_bad_options_and_unwritable_output_exit_2(tmp_path, tiny_dir, capsys):
     path = best_json(tmp_path, tiny_dir)
     assert main([str(path), "--epochs", "0"]) == 2
     assert main([str(path), "--processes", "0"]) == 2
+    assert main([str(path), "--augment-scale", "-0.1"]) == 2
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main([str(path), "--out", str(blocker / "sub")]) == 2
@@ -229,6 +231,14 @@ def test_a_known_design_retrains_with_the_winners_recipe(tmp_path, tiny_dir):
     assert metrics["train"]["max_lr"] == 0.1 and metrics["train"]["weight_decay"] == 5e-4
 
 
+def test_a_retrain_may_scale_its_augmented_images_and_records_it(tmp_path, tiny_dir):
+    out = tmp_path / "scaled"
+    argv = [str(best_json(tmp_path, tiny_dir)), "--epochs", "1", "--processes", "1", "--min-accuracy", "0"]
+    assert main([*argv, "--augment-scale", "0.1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["augment_scale"] == 0.1  # best.json's recipe has none
+
+
 def test_a_known_design_scaled_by_the_search_retrains_as_the_search_ran_it(tmp_path, tiny_dir):
     space = load_space(SPACES_DIR / "mnist_5k.toml")
     path = best_json(tmp_path, tiny_dir, max_params=5_000)
@@ -269,7 +279,8 @@ def test_a_retrain_distils_from_a_frozen_model_and_records_which(good, tmp_path,
 def test_a_best_json_from_before_searched_recipes_and_block_genomes_still_loads(tmp_path):
     old = json.loads(json.dumps(OLD_BEST))
     winner = parse_best(json.dumps(old), "old.json")
-    assert (winner.recipe.augment_degrees, winner.recipe.augment_shift) == (7.0, 2.0)  # as those searches trained
+    recipe = winner.recipe
+    assert (recipe.augment_degrees, recipe.augment_shift, recipe.augment_scale) == (7.0, 2.0, 0.0)  # as those trained
     assert winner.genome.describe() == "20 | 8x1-12-24 | 24-20-8 fc d0.07"
     assert param_count(winner.genome) == 18_902
 

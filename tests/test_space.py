@@ -64,6 +64,7 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (edited("weight_decay = [1e-5, 1e-4]", "weight_decay = [-1.0, 0.0]"), "weight_decay", "not be negative"),
         (edited("augment_degrees = [4.0, 12.0]", "augment_degrees = [-5.0, 5.0]"), "augment_degrees", "negative"),
         (edited("augment_degrees =", "augment_shift = [-1.0, 2.0]\naugment_degrees ="), "augment_shift", "negative"),
+        (edited("augment_degrees =", "augment_scale = [0.0, 1.0]\naugment_degrees ="), "augment_scale", r"\[0, 1\)"),
         (edited("epochs = 19 ", "epochs = 0 "), "retrain.epochs", "at least 1"),
         (edited("# max_seconds = 300", "max_seconds = 0"), "retrain.max_seconds", "positive"),
         (edited("# max_seconds = 300", 'max_seconds = "5 min"'), "retrain.max_seconds", "finite number"),
@@ -72,6 +73,7 @@ def test_shipped_spaces_load_and_their_smallest_genome_fits(path):
         (with_known_recipe("max_lr = 0.1", "max_lr = 0.5"), "known_recipe.max_lr", r"outside training.max_lr \["),
         (with_known_recipe("batch_size = 128", "batch_size = 32"), "known_recipe.batch_size", "not among .* add it"),
         (with_known_recipe("\n", "\naugment_shift = 3.0\n"), "known_recipe.augment_shift", "outside"),
+        (with_known_recipe("\n", "\naugment_scale = 0.1\n"), "known_recipe.augment_scale", "outside"),
         (with_known_recipe("\n", "\nmomentum = 0.9\n"), "known_recipe", "unknown key 'momentum'"),
     ],
 )

@@ -188,3 +188,17 @@ def test_more_replicas_than_images_in_the_last_batch(tiny_data):
     reports = train(model, tiny_data, TrainConfig(epochs=1, batch_size=449, processes=3))
     assert len(reports) == 1 and math.isfinite(reports[0].val_loss)
     assert all(torch.isfinite(value).all() for value in model.state_dict().values())
+
+
+def test_a_recipe_that_only_scales_still_augments(tiny_data):
+    """No rotation and no shift do not turn augmentation off while the recipe scales."""
+
+    def trained(scale: float) -> list[torch.Tensor]:
+        net = plain_net()
+        config = TrainConfig(
+            epochs=1, batch_size=64, precision="fp32", processes=1, augment_degrees=0.0, augment_shift=0.0
+        )
+        train(net, tiny_data, dataclasses.replace(config, augment_scale=scale))
+        return list(net.state_dict().values())
+
+    assert any(not torch.equal(a, b) for a, b in zip(trained(0.0), trained(0.1), strict=True))

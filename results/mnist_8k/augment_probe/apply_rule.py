@@ -1,0 +1,28 @@
+"""Apply rule.md to the probe JSONs; print the outcome (the last line: 'adopt' or 'not adopted')."""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SESSION_20_BASE = 99.49  # ../recipe_probe/probe_scale_s0.json
+
+
+def val(path: Path) -> float:
+    return json.loads(path.read_text())["val_accuracy"]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+rerun = val(HERE / "probe_base_s0.json")
+reproduced = rerun == SESSION_20_BASE
+print(f"base seed 0 rerun: {rerun} ({'reproduces' if reproduced else 'differs from'} session 20's {SESSION_20_BASE})")
+base_dir = HERE.parent / "recipe_probe" if reproduced else HERE
+base = [val(base_dir / f"probe_{'scale' if reproduced else 'base'}_s{s}.json") for s in range(3)]
+strong = [val(HERE / f"probe_strong_s{s}.json") for s in range(3)]
+gain = mean(strong) - mean(base)
+ahead = sum(s > b for s, b in zip(strong, base))
+print(f"base: {base} mean {mean(base):.3f}")
+print(f"strong: {strong} mean {mean(strong):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3")
+print("adopt" if gain >= 0.06 - 1e-9 and ahead >= 2 else "not adopted")

@@ -1,6 +1,10 @@
-"""Apply rule.md to the probe JSONs; print the outcome (the last line: 'adopt' or 'not adopted')."""
+"""Apply rule.md (arm `strong`), or with an argument rule_scale.md (arm `scale15`), to the probe JSONs.
+
+The last line printed is the outcome: 'adopt' or 'not adopted'.
+"""
 
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -20,9 +24,10 @@ reproduced = rerun == SESSION_20_BASE
 print(f"base seed 0 rerun: {rerun} ({'reproduces' if reproduced else 'differs from'} session 20's {SESSION_20_BASE})")
 base_dir = HERE.parent / "recipe_probe" if reproduced else HERE
 base = [val(base_dir / f"probe_{'scale' if reproduced else 'base'}_s{s}.json") for s in range(3)]
-strong = [val(HERE / f"probe_strong_s{s}.json") for s in range(3)]
-gain = mean(strong) - mean(base)
-ahead = sum(s > b for s, b in zip(strong, base))
+arm = sys.argv[1] if len(sys.argv) > 1 else "strong"
+figures = [val(HERE / f"probe_{arm}_s{s}.json") for s in range(3)]
+gain = mean(figures) - mean(base)
+ahead = sum(f > b for f, b in zip(figures, base))
 print(f"base: {base} mean {mean(base):.3f}")
-print(f"strong: {strong} mean {mean(strong):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3")
+print(f"{arm}: {figures} mean {mean(figures):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3")
 print("adopt" if gain >= 0.06 - 1e-9 and ahead >= 2 else "not adopted")

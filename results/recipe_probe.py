@@ -1,11 +1,11 @@
 """A recipe probe (2026-11-25, session 21): does a change of augmentation help a shipped net?
 
-One training run of BEST's architecture and recipe (15 epochs, fp32, one process, one thread) on
-the 50k training split, scored on the 10k validation split only, with the recipe's
-augment_scale replaced by --scale and, where given, its rotation and shift by --degrees and
---shift. From the repository root:
+One training run of BEST's architecture and recipe (--epochs, 15 by default; fp32, one process,
+one thread) on the 50k training split, scored on the 10k validation split only, with the
+recipe's augment_scale replaced by --scale and, where given, its rotation and shift by --degrees
+and --shift. From the repository root:
 
-python results/recipe_probe.py BEST_JSON SEED OUT_JSON [--scale S] [--degrees D] [--shift P]
+python results/recipe_probe.py BEST_JSON SEED OUT_JSON [--scale S] [--degrees D] [--shift P] [--epochs E]
 """
 
 import argparse

@@ -23,7 +23,7 @@ arm = sys.argv[2] if len(sys.argv) > 2 else "scale"
 base = [val(folder / f"probe_base_s{s}.json") for s in range(3)]
 figures = [val(folder / f"probe_{arm}_s{s}.json") for s in range(3)]
 gain = mean(figures) - mean(base)
-ahead = sum(f > b for f, b in zip(figures, base))
+ahead = sum(f > b for f, b in zip(figures, base, strict=True))
 print(f"base: {base} mean {mean(base):.3f}")
 print(f"{arm}: {figures} mean {mean(figures):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3")
 print("adopt" if gain >= 0.06 - 1e-9 and ahead >= 2 else "not adopted")

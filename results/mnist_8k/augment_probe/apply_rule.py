@@ -27,7 +27,7 @@ base = [val(base_dir / f"probe_{'scale' if reproduced else 'base'}_s{s}.json") f
 arm = sys.argv[1] if len(sys.argv) > 1 else "strong"
 figures = [val(HERE / f"probe_{arm}_s{s}.json") for s in range(3)]
 gain = mean(figures) - mean(base)
-ahead = sum(f > b for f, b in zip(figures, base))
+ahead = sum(f > b for f, b in zip(figures, base, strict=True))
 print(f"base: {base} mean {mean(base):.3f}")
 print(f"{arm}: {figures} mean {mean(figures):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3")
 print("adopt" if gain >= 0.06 - 1e-9 and ahead >= 2 else "not adopted")

@@ -23,7 +23,7 @@ gains = {}
 for arm in ("ls", "scale"):
     figures = [val(arm, s) for s in range(3)]
     gain = mean(figures) - mean(base)
-    ahead = sum(f > b for f, b in zip(figures, base))
+    ahead = sum(f > b for f, b in zip(figures, base, strict=True))
     qualifies = gain >= 0.06 - 1e-9 and ahead >= 2
     print(f"{arm}: {figures} mean {mean(figures):.3f}, gain {gain:+.3f}, ahead on {ahead} of 3: "
           f"{'qualifies' if qualifies else 'not adopted'}")
@@ -34,7 +34,7 @@ print("recipe rule:", f"adopt {max(gains, key=gains.get)}" if gains else "nothin
 one = [val("base", s) for s in range(6)]
 two = [json.loads(path.read_text())["last"] for path in TWO_REPLICA_RUNS]
 lead = mean(one) - mean(two)
-ahead = sum(a > b for a, b in zip(one, two))
+ahead = sum(a > b for a, b in zip(one, two, strict=True))
 print(f"one process: {one} mean {mean(one):.3f}; two replicas: {two} mean {mean(two):.3f}; "
       f"lead {lead:+.3f}, ahead on {ahead} of 6")
 print("replica rule:", "the split costs accuracy" if lead >= 0.06 - 1e-9 and ahead >= 4 else "no change")

@@ -4,10 +4,11 @@ One training run of BEST's architecture and recipe (--epochs, 15 by default; fp3
 one thread) on the 50k training split, scored on the 10k validation split only, with the
 recipe's augment_scale replaced by --scale and, where given, its rotation and shift by --degrees
 and --shift; --label-smoothing, not a trainer setting, is patched into this process's trainer.
-From the repository root:
+--residual (session 22), not a genome setting, adds skip connections to the built network (see
+`with_skips`). From the repository root:
 
 python results/recipe_probe.py BEST_JSON SEED OUT_JSON [--scale S] [--degrees D] [--shift P]
-    [--label-smoothing E] [--epochs E]
+    [--label-smoothing E] [--epochs E] [--residual]
 """
 
 import argparse
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import nas.train
 from nas import best
 from nas.data import load_dataset
+from nas.genome import IN_CHANNELS, Genome
 from nas.model import build_model, with_normalisation
 
 
@@ -32,6 +35,40 @@ def smooth_labels(label_smoothing: float) -> None:
     smoothed = types.SimpleNamespace(**vars(F))
     smoothed.cross_entropy = functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
     nas.train.F = smoothed
+
+
+class Skip(nn.Module):
+    """ResNet's basic-block add: `body(x)` plus x, cropped to the body's output where valid convs shrank it."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        trim = (x.shape[-1] - out.shape[-1]) // 2
+        return out + (x[..., trim : x.shape[-2] - trim, trim : x.shape[-1] - trim] if trim else x)
+
+
+def with_skips(genome: Genome, model: nn.Sequential) -> nn.Sequential:
+    """`model` (build_model's, unchanged weights) with every 3x3 block that keeps its channel count
+    wrapped in a Skip before its last ReLU. Parameter count and MACs barely change (one add)."""
+    layers, blocks = list(model), [block for stage in genome.stages for block in stage]
+    out, channels = [], IN_CHANNELS
+    while layers:
+        layer = layers.pop(0)
+        if not isinstance(layer, nn.Conv2d) or not blocks:  # pools, dropout, the head
+            out.append(layer)
+            continue
+        block = blocks.pop(0)
+        size = 6 if block.separable else 3  # conv_block's layers: (depthwise, BN, ReLU,) conv, BN, ReLU
+        body = [layer] + [layers.pop(0) for _ in range(size - 1)]
+        if block.kernel == 3 and block.width == channels:
+            out += [Skip(nn.Sequential(*body[:-1])), body[-1]]
+        else:
+            out += body
+        channels = block.width
+    return nn.Sequential(*out)
 
 
 def main() -> None:
@@ -44,6 +81,7 @@ def main() -> None:
     parser.add_argument("--shift", type=float, help="max shift in pixels (default: the recipe's)")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--residual", action="store_true", help="skip connections (see with_skips)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.label_smoothing:
@@ -51,7 +89,10 @@ def main() -> None:
     winner = best.load(Path(args.best))
     data = load_dataset(winner.data.dir, winner.data.val_size, winner.data.split_seed, include_test=False)
     torch.manual_seed(args.seed)
-    model = with_normalisation(build_model(winner.genome), data.mean, data.std)
+    network = build_model(winner.genome)
+    if args.residual:
+        network = with_skips(winner.genome, network)
+    model = with_normalisation(network, data.mean, data.std)
     recipe = dataclasses.replace(winner.recipe, augment_scale=args.scale)
     if args.degrees is not None:
         recipe = dataclasses.replace(recipe, augment_degrees=args.degrees)
@@ -67,6 +108,7 @@ def main() -> None:
         "degrees": recipe.augment_degrees,
         "shift": recipe.augment_shift,
         "label_smoothing": args.label_smoothing,
+        "residual": args.residual,
         "train_seconds": round(time.perf_counter() - start, 1),
         "val_accuracy": reports[-1].val_accuracy,
         "train_accuracy": reports[-1].train_accuracy,

@@ -394,8 +394,15 @@ def _train_replica(
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     params = list(model.parameters())
+    # foreach: off CUDA torch's default is a Python loop over the tensors; foreach makes the same
+    # updates, bit for bit, faster (the 8k net's 36 tensors: 0.37-0.46 ms a step against 0.58-0.87).
     optimizer = torch.optim.SGD(
-        params, lr=config.max_lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+        params,
+        lr=config.max_lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+        foreach=True,
     )
     steps_per_epoch = config.steps_per_epoch(len(data.train))
     schedule = torch.optim.lr_scheduler.OneCycleLR(

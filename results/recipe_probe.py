@@ -4,11 +4,12 @@ One training run of BEST's architecture and recipe (--epochs, 15 by default; fp3
 one thread) on the 50k training split, scored on the 10k validation split only, with the
 recipe's augment_scale replaced by --scale and, where given, its rotation and shift by --degrees
 and --shift; --label-smoothing, not a trainer setting, is patched into this process's trainer.
---residual (session 22), not a genome setting, adds skip connections to the built network (see
-`with_skips`). From the repository root:
+--residual and --attention (session 22), not genome settings, add skip connections or a
+squeeze-excite block to the built network (see `with_skips`, `with_attention`). From the
+repository root:
 
 python results/recipe_probe.py BEST_JSON SEED OUT_JSON [--scale S] [--degrees D] [--shift P]
-    [--label-smoothing E] [--epochs E] [--residual]
+    [--label-smoothing E] [--epochs E] [--residual] [--attention]
 """
 
 import argparse
@@ -50,9 +51,9 @@ class Skip(nn.Module):
         return out + (x[..., trim : x.shape[-2] - trim, trim : x.shape[-1] - trim] if trim else x)
 
 
-def with_skips(genome: Genome, model: nn.Sequential) -> nn.Sequential:
-    """`model` (build_model's, unchanged weights) with every 3x3 block that keeps its channel count
-    wrapped in a Skip before its last ReLU. Parameter count and MACs barely change (one add)."""
+def split_blocks(genome: Genome, model: nn.Sequential) -> list:
+    """`model`'s layers (build_model's) as a list in which each conv block's layers are one
+    (block, channels in, layers) triple; pools, dropout and the head stay single layers."""
     layers, blocks = list(model), [block for stage in genome.stages for block in stage]
     out, channels = [], IN_CHANNELS
     while layers:
@@ -62,12 +63,56 @@ def with_skips(genome: Genome, model: nn.Sequential) -> nn.Sequential:
             continue
         block = blocks.pop(0)
         size = 6 if block.separable else 3  # conv_block's layers: (depthwise, BN, ReLU,) conv, BN, ReLU
-        body = [layer] + [layers.pop(0) for _ in range(size - 1)]
+        out.append((block, channels, [layer] + [layers.pop(0) for _ in range(size - 1)]))
+        channels = block.width
+    return out
+
+
+def with_skips(genome: Genome, model: nn.Sequential) -> nn.Sequential:
+    """`model` (build_model's, unchanged weights) with every 3x3 block that keeps its channel count
+    wrapped in a Skip before its last ReLU. Parameter count and MACs barely change (one add)."""
+    out = []
+    for item in split_blocks(genome, model):
+        if not isinstance(item, tuple):
+            out.append(item)
+            continue
+        block, channels, body = item
         if block.kernel == 3 and block.width == channels:
             out += [Skip(nn.Sequential(*body[:-1])), body[-1]]
         else:
             out += body
-        channels = block.width
+    return nn.Sequential(*out)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018), as seed 003 has it: each channel scaled by a gate
+    computed from every channel's mean, through a bottleneck of channels / reduction."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = channels // reduction
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+def with_attention(genome: Genome, model: nn.Sequential) -> nn.Sequential:
+    """`model` (build_model's, unchanged weights) with a SqueezeExcite after its second-to-last conv
+    block, where seed 003 has it (before the last conv)."""
+    items = split_blocks(genome, model)
+    target = [i for i, item in enumerate(items) if isinstance(item, tuple)][-2]
+    out = []
+    for i, item in enumerate(items):
+        out += item[2] if isinstance(item, tuple) else [item]
+        if i == target:
+            out.append(SqueezeExcite(item[0].width))
     return nn.Sequential(*out)
 
 
@@ -82,6 +127,7 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--residual", action="store_true", help="skip connections (see with_skips)")
+    parser.add_argument("--attention", action="store_true", help="one squeeze-excite block (see with_attention)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.label_smoothing:
@@ -92,6 +138,8 @@ def main() -> None:
     network = build_model(winner.genome)
     if args.residual:
         network = with_skips(winner.genome, network)
+    if args.attention:
+        network = with_attention(winner.genome, network)
     model = with_normalisation(network, data.mean, data.std)
     recipe = dataclasses.replace(winner.recipe, augment_scale=args.scale)
     if args.degrees is not None:
@@ -109,6 +157,8 @@ def main() -> None:
         "shift": recipe.augment_shift,
         "label_smoothing": args.label_smoothing,
         "residual": args.residual,
+        "attention": args.attention,
+        "params": sum(p.numel() for p in network.parameters()),
         "train_seconds": round(time.perf_counter() - start, 1),
         "val_accuracy": reports[-1].val_accuracy,
         "train_accuracy": reports[-1].train_accuracy,

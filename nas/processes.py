@@ -24,6 +24,17 @@ def threads_per_process(processes: int) -> int:
     return max(1, (os.cpu_count() or 1) // processes)
 
 
+def start_deaf_to_ctrl_c(process: mp.process.BaseProcess) -> None:
+    """Start `process` with SIGINT ignored from its first instruction: a spawned child inherits the
+    ignored signal, and Python then installs no KeyboardInterrupt handler, so a Ctrl-C typed while
+    it still imports cannot end it with a traceback. The parent, which gets the Ctrl-C, ends it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def die_with_parent() -> None:
     """Ask Linux to end this worker if the process that started it dies (even by kill -9)."""
     if sys.platform == "linux":

@@ -16,23 +16,27 @@ takes several seeds, as one seed's lead of a few images has not held up on more 
 test set. The test set plays no part. A trial's seed 0 lands in <out>/trial<N>/, another seed S
 in <out>/trial<N>/seeds/seed<S>/; one already there is read back, not trained again, so both
 kinds of pick share the retrains. The summary goes to <out>/ranking.json (with --top: top.json;
-with --trials 2 6: trials2-6.json).
+with --trials 2 6: trials2-6.json). `--jobs` retrains run at once, each in a one-thread process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import signal
 import sys
 from pathlib import Path
+from queue import Empty
 
 import optuna
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from nas import best, results
+from nas import best, machine, results
 from nas.errors import ArgumentParser, UserError, cli
-from nas.machine import add_precision_option, this_cpu
+from nas.processes import DEFAULT_JOBS, die_with_parent, spawn, start_deaf_to_ctrl_c, threads_per_process
 from nas.report import records
 from nas.retrain import MAX_EPOCHS, RetrainOptions, retrain
 from nas.study import is_database, make_storage, redact
@@ -121,6 +125,14 @@ class RankOptions:
     out: Path
     numbers: tuple[int, ...] = ()  # these trials instead (--trials), e.g. an earlier run's leaders
     precision: str = "auto"  # TrainConfig.precision; force one to compare with retrains from another CPU
+    # Retrains at once, each in a one-thread process of its own: two 8k retrains side by side took
+    # about 290 s a model, one alone with both cores 470-650 s (AVX-512 EPYC; README, Performance).
+    # 1: one at a time, in this process, with the processes and threads the trainer picks.
+    jobs: int = 1
+
+
+class RetrainLost(RuntimeError):
+    """A retrain's process died before it reported: the ranking cannot be completed this run."""
 
 
 def _load_trials(storage_url: str, study_name: str | None) -> tuple[str, list[TrialRecord]]:
@@ -160,7 +172,7 @@ def _earlier_retrain(metrics_path: Path, epochs: int, seed: int, precision: str)
     metrics = json.loads(metrics_path.read_text())
     same = metrics.get("epochs") == epochs and metrics.get("seed", 0) == seed
     same = same and precision in ("auto", metrics.get("train", {}).get("precision"))
-    here = this_cpu().describe()
+    here = machine.this_cpu().describe()
     same = same and metrics.get("machine", here) == here
     return metrics if same and metrics.get("val_accuracy") is not None else None
 
@@ -192,18 +204,20 @@ def best_retrain(rows: list[dict]) -> dict:
     }
 
 
-def _measure(
-    trial: TrialRecord, seed: int, winner: best.Best, study_name: str, options: RankOptions, console: Console
-) -> dict:
-    """One measuring retrain of a trial, or the metrics of the one already there."""
-    epochs, out = options.epochs, options.out
-    folder = seed_folder(out, trial.number, seed)
-    metrics = _earlier_retrain(folder / "metrics.json", epochs, seed, options.precision)
+def _earlier(trial: TrialRecord, seed: int, options: RankOptions, console: Console) -> dict | None:
+    """The metrics of this trial's measuring retrain with this seed, if one is there to read back."""
+    folder = seed_folder(options.out, trial.number, seed)
+    metrics = _earlier_retrain(folder / "metrics.json", options.epochs, seed, options.precision)
     if metrics is not None:
         console.print(f"trial {trial.number} seed {seed}: retrained before, reading {folder / 'metrics.json'}")
-        return metrics
-    console.print(f"trial {trial.number} seed {seed}: {trial.genome.describe()}, retraining on the training split")
-    best_json = trial_folder(out, trial.number) / "best.json"  # one per trial, whatever the seed
+    return metrics
+
+
+def _retrain(
+    trial: TrialRecord, seed: int, winner: best.Best, study_name: str, options: RankOptions, console: Console
+) -> dict:
+    """One measuring retrain of a trial on the training split; with several jobs, in one process and thread."""
+    best_json = trial_folder(options.out, trial.number) / "best.json"  # one per trial, whatever the seed
     candidate = dataclasses.replace(
         winner,
         genome=trial.genome,
@@ -216,18 +230,109 @@ def _measure(
     return retrain(
         RetrainOptions(
             best=best_json,
-            epochs=epochs,
-            out=folder,
+            epochs=options.epochs,
+            out=seed_folder(options.out, trial.number, seed),
             seed=seed,
             data_dir=None,
             max_params=None,
             min_accuracy=0.0,  # not shipped: these models only measure the ranking
+            processes=1 if options.jobs > 1 else None,
             precision=options.precision,
             train_on="split",
             final=False,
         ),
         console,
     )
+
+
+def _started(trial: TrialRecord, seed: int, console: Console) -> None:
+    console.print(f"trial {trial.number} seed {seed}: {trial.genome.describe()}, retraining on the training split")
+
+
+def _measure_all(
+    picked: list[TrialRecord], winner: best.Best, study_name: str, options: RankOptions, console: Console
+) -> dict[tuple[int, int], dict]:
+    """Each picked trial's metrics for each seed, by (trial, seed): read back where a retrain is
+    there already, else retrained, one at a time or `options.jobs` at once."""
+    measured, todo = {}, []
+    for trial in picked:
+        for seed in range(options.seeds):
+            metrics = _earlier(trial, seed, options, console)
+            if metrics is not None:
+                measured[trial.number, seed] = metrics
+            else:
+                todo.append((trial, seed))
+    if options.jobs == 1:
+        for trial, seed in todo:
+            _started(trial, seed, console)
+            measured[trial.number, seed] = _retrain(trial, seed, winner, study_name, options, console)
+        return measured
+    return measured | _retrain_at_once(todo, winner, study_name, options, console)
+
+
+def _retrain_at_once(
+    todo: list[tuple[TrialRecord, int]], winner: best.Best, study_name: str, options: RankOptions, console: Console
+) -> dict[tuple[int, int], dict]:
+    """`todo`'s retrains, `options.jobs` at a time, each in a spawned one-thread process that sends
+    back its metrics; one that dies is reported at once, and on any stop the others are ended."""
+    if todo:  # timed here once, not by the jobs at once (they would wait on its lock)
+        machine.profile(announce=console.print)
+    results_queue, waiting, running, measured = spawn.Queue(), list(todo), {}, {}
+    threads = threads_per_process(options.jobs)
+    try:
+        while waiting or running:
+            while waiting and len(running) < options.jobs:
+                trial, seed = waiting.pop(0)
+                _started(trial, seed, console)
+                args = (results_queue, trial, seed, winner, study_name, options, threads)
+                running[trial.number, seed] = process = spawn.Process(target=_retrain_in_worker, args=args)
+                start_deaf_to_ctrl_c(process)
+            try:
+                key, metrics, problem = results_queue.get(timeout=1)
+            except Empty:
+                _check_alive(running)
+                continue
+            running.pop(key).join()
+            if problem is not None:
+                raise UserError(problem)
+            measured[key] = metrics
+            log = seed_folder(options.out, *key) / "train.log"
+            console.print(
+                f"trial {key[0]} seed {key[1]}: {metrics['val_accuracy']:.2f}% validation accuracy after "
+                f"{metrics['train_seconds']:.0f} s of training (epoch by epoch: {log})"
+            )
+    finally:
+        for process in running.values():
+            process.terminate()
+            process.join()
+    return measured
+
+
+def _retrain_in_worker(
+    results_queue, trial: TrialRecord, seed: int, winner: best.Best, study_name: str, options: RankOptions, threads: int
+) -> None:
+    """A spawned job: one retrain, quietly (two at once would interleave their epochs), its metrics
+    or its one-line problem sent back. Any other error ends the process, which the parent reports."""
+    die_with_parent()
+    torch.set_num_threads(threads)
+    try:
+        metrics = _retrain(trial, seed, winner, study_name, options, Console(file=io.StringIO()))
+        results_queue.put(((trial.number, seed), metrics, None))
+    except UserError as error:
+        results_queue.put(((trial.number, seed), None, str(error)))
+
+
+def _check_alive(running: dict) -> None:
+    """Raise RetrainLost for a job that died. One that ended well has put its metrics in the queue
+    before exiting (a process flushes its queue's buffer as it exits), so the next read finds them."""
+    for (trial, seed), process in running.items():
+        code = process.exitcode
+        if code is None or code == 0:
+            continue
+        how = f"died ({f'signal {-code}' if code < 0 else f'exit code {code}'})"
+        if code == -signal.SIGKILL:
+            how = "was killed (signal 9, as the out-of-memory killer does)"
+        raise RetrainLost(f"the retrain of trial {trial} seed {seed} {how}")
 
 
 def rank(options: RankOptions, console: Console | None = None) -> dict:
@@ -238,9 +343,10 @@ def rank(options: RankOptions, console: Console | None = None) -> dict:
     options = dataclasses.replace(options, epochs=options.epochs or winner.retrain_epochs)
     picked = pick_trials(trials, options.retrains, options.top, options.numbers)
     results.check_writable(options.out)
+    measured = _measure_all(picked, winner, study_name, options, console)
     rows = []
     for trial in picked:
-        runs = [_measure(trial, seed, winner, study_name, options, console) for seed in range(options.seeds)]
+        runs = [measured[trial.number, seed] for seed in range(options.seeds)]
         accuracies = [metrics["val_accuracy"] for metrics in runs]
         rows.append(
             {
@@ -362,7 +468,14 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         help=f"retrain epochs (default: as best.json's search space plans in [retrain], else {MAX_EPOCHS})",
     )
     parser.add_argument("--out", type=Path, help="result folder (default: ranking/ beside best.json)")
-    add_precision_option(parser)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"retrains at once, each in a one-thread process (default {DEFAULT_JOBS}); 1: one at a time, "
+        "with the processes and threads the trainer picks",
+    )
+    machine.add_precision_option(parser)
     args = parser.parse_args(argv)
     if args.trials is not None:
         count, flag = len(set(args.trials)), "--trials"
@@ -376,6 +489,8 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     return RankOptions(
         best=args.best,
         storage=args.storage or str(args.best.parent / "study.journal"),
@@ -387,6 +502,7 @@ def parse_args(argv: list[str] | None) -> RankOptions:
         epochs=args.epochs,
         out=args.out or args.best.parent / "ranking",
         precision=args.precision,
+        jobs=args.jobs,
     )
 
 
@@ -400,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             f"interrupted; finished retrains stay in {options.out} and are read back on the next run", file=sys.stderr
         )
         return 130
-    except ReplicaLost as lost:
+    except (ReplicaLost, RetrainLost) as lost:
         print(f"error: {lost}. Finished retrains stay in {options.out}; run the command again", file=sys.stderr)
         return 1
     return 0

@@ -2,7 +2,8 @@
 
 A training replica killed anywhere (starting, training, evaluating) ends its retrain with one line
 and exit 1, well within the replicas' timeout, and no process is left behind. A search worker
-killed anywhere loses no completed trial, leaves none RUNNING, and the journal stays readable.
+killed anywhere loses no completed trial, leaves none RUNNING, and the journal stays readable. A
+ranking's retrain job killed ends the ranking at once with one line, its other job ended too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from nas.search import main as search_main
 from nas.train import REPLICA_TIMEOUT_SECONDS
 from tests.helpers import best_json
 from tests.test_interrupts import live_processes_in_group, start_search, trials
@@ -105,3 +107,29 @@ def test_search_workers_killed_at_any_moment_lose_no_completed_trial(tiny_dir, t
             assert {t.number: t.value for t in found if t.number in completed} == completed
             assert not [t for t in found if t.state == TrialState.RUNNING]
             completed = {t.number: t.value for t in found if t.state == TrialState.COMPLETE}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_ranking_job_killed_ends_the_ranking_at_once_with_one_line(tiny_dir, tiny_space, tmp_path):
+    study = tmp_path / "study"
+    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
+    assert search_main(search_args) == 0
+    argv = [sys.executable, "-m", "nas.rank", str(study / "best.json"), "--retrains", "3", "--epochs", "500",
+            "--jobs", "2"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(jobs := spawned_children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(jobs) == 2, "the ranking did not start two retrain jobs"
+    time.sleep(1)
+    os.kill(jobs[0], signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - killed < 10  # not after the other job's 500 epochs
+    assert process.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "was killed (signal 9" in err and "run the command again" in err
+    time.sleep(1)  # the resource tracker exits when its parent has
+    assert live_processes_in_group(process.pid) == [], "a retrain job outlived the ranking"

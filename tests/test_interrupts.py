@@ -1,4 +1,5 @@
-"""A search killed or interrupted mid-trial loses nothing and resumes; an interrupted retrain stops cleanly."""
+"""A search killed or interrupted mid-trial loses nothing and resumes; an interrupted retrain or
+ranking stops cleanly."""
 
 import os
 import signal
@@ -131,3 +132,31 @@ def live_processes_in_group(pgid: int) -> list[int]:
         if int(group) == pgid and state != "Z":
             live.append(int(stat.parent.name))
     return live
+
+
+def test_ctrl_c_stops_a_ranking_and_its_retrain_jobs_with_one_line(tiny_dir, tiny_space, tmp_path):
+    from nas.search import main as search_main
+
+    study = tmp_path / "study"
+    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
+                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
+    assert search_main(search_args) == 0
+    argv = [sys.executable, "-m", "nas.rank", str(study / "best.json"), "--retrains", "3", "--epochs", "500",
+            "--jobs", "2"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
+    with killed_at_the_end(process):
+        started = 0
+        for line in process.stdout:
+            started += "retraining on the training split" in line
+            if started == 2:
+                break
+        time.sleep(0.2)  # the second job still starting: it must not print a traceback either
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    message = err.strip().splitlines()
+    assert len(message) == 1 and "finished retrains stay in" in message[0] and "Traceback" not in err, err
+    time.sleep(1)
+    assert live_processes_in_group(process.pid) == [], "a retrain job outlived the interrupted ranking"

@@ -117,7 +117,9 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
                    "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
     assert search_main(search_args) == 0
-    assert main([str(study / "best.json"), "--retrains", "3"]) == 0  # as long as the space plans
+    # Two retrains at once, each in a one-thread process of its own, as long as the space plans.
+    assert main([str(study / "best.json"), "--retrains", "3", "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.count("% validation accuracy after") == 3  # each job's result, as it ends
     ranking = json.loads((study / "ranking" / "ranking.json").read_text())
     assert len(ranking["trials"]) == 3
     assert ranking["retrain_epochs"] == 1
@@ -130,18 +132,20 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
         assert row["retrain_val_accuracy_per_seed"] == [metrics["val_accuracy"]]  # seed 0 only
         assert metrics["val_accuracy"] == pytest.approx(row["retrain_val_accuracy"], abs=1e-3)  # on the split only
         assert metrics["data"]["trained_on"].startswith("split")
+        assert metrics["train"]["processes"] == 1  # a job trains in its one process
         assert metrics["test_accuracy"] is None  # a measuring run: the test set stays unread
         assert not list((study / "ranking" / f"trial{row['trial']}").glob("*.pt*"))  # and nothing is exported
 
     capsys.readouterr()
-    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "1"]) == 0
+    assert main([str(study / "best.json"), "--jobs", "1", "--retrains", "3", "--epochs", "1"]) == 0
     assert capsys.readouterr().out.count("retrained before") == 3
     assert json.loads((study / "ranking" / "ranking.json").read_text()) == ranking
-    assert main([str(study / "best.json"), "--retrains", "3", "--epochs", "2"]) == 0  # another length: redone
+    # Another length: redone.
+    assert main([str(study / "best.json"), "--jobs", "1", "--retrains", "3", "--epochs", "2"]) == 0
     assert "retrained before" not in capsys.readouterr().out
 
     # The two best trials, to pick between: the winner's retrain of this length is read back.
-    assert main([str(study / "best.json"), "--top", "2", "--epochs", "2"]) == 0
+    assert main([str(study / "best.json"), "--jobs", "1", "--top", "2", "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("retrained before") == 1
     top = json.loads((study / "ranking" / "top.json").read_text())
@@ -159,7 +163,7 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
     assert f"next: python -m nas.retrain {pick / 'best.json'} --out {pick / 'final'}" in printed
 
     # Two seeds each: seed 0 is read back, seed 1 lands below the trial's folder, and the mean ranks.
-    assert main([str(study / "best.json"), "--top", "2", "--epochs", "2", "--seeds", "2"]) == 0
+    assert main([str(study / "best.json"), "--jobs", "1", "--top", "2", "--epochs", "2", "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("retrained before") == 2 and "seeds' spread" in printed
     top = json.loads((study / "ranking" / "top.json").read_text())
@@ -175,7 +179,10 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
 
     # Named trials share those retrains and get their own summary.
     numbers = sorted(row["trial"] for row in top["trials"])
-    assert main([str(study / "best.json"), "--trials", *map(str, numbers), "--epochs", "2", "--seeds", "2"]) == 0
+    assert (
+        main([str(study / "best.json"), "--jobs", "1", "--trials", *map(str, numbers), "--epochs", "2", "--seeds", "2"])
+        == 0
+    )
     assert capsys.readouterr().out.count("retrained before") == 4
     named = json.loads((study / "ranking" / f"trials{numbers[0]}-{numbers[1]}.json").read_text())
     assert named["picked"] == f"trials {numbers[0]}, {numbers[1]}, named"
@@ -189,6 +196,7 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
         (["--top", "1"], "--top must be at least 2"),
         (["--trials", "3", "3"], "--trials must be at least 2"),
         (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
         ([], "no study journal at"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import sys
 from pathlib import Path
 
 import optuna
@@ -14,6 +15,7 @@ from nas.best import Best, DataSplit
 from nas.data import BUNDLED_MNIST, FILE_STEMS, IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from nas.genome import Block, Genome
 from nas.objective import sample_genome
+from nas.search import main as search_main
 from nas.space import SPACES_DIR, load_space
 from nas.train import Recipe
 
@@ -79,6 +81,20 @@ reports_per_epoch = 2
 TINY_GENOME = Genome(
     stages=((Block(8), Block(8, padded=False)), (Block(8, kernel=1), Block(12))), dropout=0.05, head="gap"
 )
+
+
+def tiny_study(tiny_dir: Path, space: Path, out: Path) -> Path:
+    """A finished 4-trial search of `space` on the tiny data set (one worker, no known designs): its best.json."""
+    args = ["--trials", "4", "--space", str(space), "--data-dir", str(tiny_dir), "--val-size", "300",
+            "--out", str(out), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
+    assert search_main(args) == 0
+    return out / "best.json"
+
+
+def slow_ranking(best: Path) -> list[str]:
+    """The command line of a ranking of `best`'s study, two 500-epoch retrain jobs at once: long
+    enough on the tiny data set to kill or interrupt them mid-training."""
+    return [sys.executable, "-m", "nas.rank", str(best), "--retrains", "3", "--epochs", "500", "--jobs", "2"]
 
 
 def best_json(tmp_path: Path, tiny_dir: Path, genome: Genome = TINY_GENOME, max_params: int = 20_000) -> Path:

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from nas.search import main as search_main
 from nas.train import REPLICA_TIMEOUT_SECONDS
-from tests.helpers import best_json
+from tests.helpers import best_json, slow_ranking, tiny_study
 from tests.test_interrupts import live_processes_in_group, start_search, trials
 
 # Seconds from a replica's start to its kill: spawning and importing, meeting the first replica
@@ -112,12 +111,7 @@ def test_search_workers_killed_at_any_moment_lose_no_completed_trial(tiny_dir, t
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_ranking_job_killed_ends_the_ranking_at_once_with_one_line(tiny_dir, tiny_space, tmp_path):
-    study = tmp_path / "study"
-    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
-                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
-    assert search_main(search_args) == 0
-    argv = [sys.executable, "-m", "nas.rank", str(study / "best.json"), "--retrains", "3", "--epochs", "500",
-            "--jobs", "2"]  # fmt: skip
+    argv = slow_ranking(tiny_study(tiny_dir, tiny_space, tmp_path / "study"))
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60

@@ -135,14 +135,9 @@ def live_processes_in_group(pgid: int) -> list[int]:
 
 
 def test_ctrl_c_stops_a_ranking_and_its_retrain_jobs_with_one_line(tiny_dir, tiny_space, tmp_path):
-    from nas.search import main as search_main
+    from tests.helpers import slow_ranking, tiny_study
 
-    study = tmp_path / "study"
-    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
-                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
-    assert search_main(search_args) == 0
-    argv = [sys.executable, "-m", "nas.rank", str(study / "best.json"), "--retrains", "3", "--epochs", "500",
-            "--jobs", "2"]  # fmt: skip
+    argv = slow_ranking(tiny_study(tiny_dir, tiny_space, tmp_path / "study"))
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip

@@ -6,9 +6,8 @@ from nas import best
 from nas.errors import UserError
 from nas.machine import this_cpu
 from nas.rank import _earlier_retrain, best_retrain, main, pick_trials, ranks, seed_folder, spearman, spearman_by_report
-from nas.search import main as search_main
 from nas.trials import TrialRecord
-from tests.helpers import TINY_GENOME
+from tests.helpers import TINY_GENOME, tiny_study
 
 
 def test_ranks_average_ties():
@@ -114,9 +113,7 @@ def test_a_tiny_study_is_retrained_across_its_range_and_a_rerun_reads_the_retrai
 ):
     study = tmp_path / "study"
     tiny_space.write_text(tiny_space.read_text() + "\n[retrain]\nepochs = 1\n")
-    search_args = ["--trials", "4", "--space", str(tiny_space), "--data-dir", str(tiny_dir), "--val-size", "300",
-                   "--out", str(study), "--study", "tiny", "--jobs", "1", "--no-known-designs"]  # fmt: skip
-    assert search_main(search_args) == 0
+    tiny_study(tiny_dir, tiny_space, study)
     # Two retrains at once, each in a one-thread process of its own, as long as the space plans.
     assert main([str(study / "best.json"), "--retrains", "3", "--jobs", "2"]) == 0
     assert capsys.readouterr().out.count("% validation accuracy after") == 3  # each job's result, as it ends
